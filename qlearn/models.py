@@ -103,6 +103,8 @@ def load_model(
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    if "gguf_file" in kwargs:
+        _forget_gguf_origin_(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
@@ -177,6 +179,19 @@ def model_footprint(model: nn.Module) -> int:
         seen.add(key)
         total += tensor.numel() * tensor.element_size()
     return total
+
+
+def _forget_gguf_origin_(model: nn.Module) -> None:
+    """Drop transformers' GGUF quantizer marker: the weights were dequantized on load.
+
+    transformers keeps a ``GgufHfQuantizer`` on a model read from GGUF and then refuses
+    ``.half()`` and ``.to(dtype)``, although every tensor is plain FP32 by then.
+    """
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _is_conv1d(module: nn.Module) -> bool:

@@ -117,11 +117,17 @@ def bit_layout(code: int, fmt: str, *, title: str | None = None) -> Figure:
     return fig
 
 
-def spacing_plot(formats: Sequence[str], *, title: str | None = None) -> Figure:
+def spacing_plot(
+    formats: Sequence[str],
+    *,
+    title: str | None = None,
+    magnitude_range: tuple[float, float] = (2.0**-20, 2.0**18),
+) -> Figure:
     """Gap to the next representable number vs magnitude, one line per float format (log-log).
 
     Within a binade the gap is constant; it doubles at each power of two, so relative
-    precision stays about the same over the whole range. Taught in
+    precision stays about the same over the whole range. Magnitudes are drawn within
+    ``magnitude_range`` (FP32's full range would flatten the others). Taught in
     notebooks/01_float_formats.ipynb.
     """
     from qlearn import floats
@@ -129,7 +135,8 @@ def spacing_plot(formats: Sequence[str], *, title: str | None = None) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
     for fmt, color in zip(formats, (*QUANT_COLORS, ORIGINAL_COLOR), strict=False):
         info = floats.format_info(fmt)
-        xs = np.geomspace(info.min_subnormal, info.max, 400)
+        lo, hi = max(info.min_subnormal, magnitude_range[0]), min(info.max, magnitude_range[1])
+        xs = np.geomspace(lo, hi, 600)
         gaps = [floats.spacing(float(x), fmt) for x in xs]
         ax.step(xs, gaps, where="post", label=fmt, color=color)
     ax.set_xscale("log", base=2)

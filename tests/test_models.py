@@ -130,6 +130,8 @@ def test_default_model_loads_offline_as_smollm2(default_model, monkeypatch):
     assert 134e6 < n_params < 135e6
     assert models.model_footprint(model) >= n_params * 4
     assert tokenizer.decode(tokenizer("Mr. Darcy").input_ids) == "Mr. Darcy"
+    # dequantized on load: a plain FP32 model, which transformers lets us cast
+    assert not model.is_quantized and not hasattr(model.config, "quantization_config")
 
 
 @pytest.mark.slow
