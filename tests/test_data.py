@@ -25,3 +25,37 @@ def test_data_dir_can_be_overridden(tmp_path, monkeypatch):
     monkeypatch.setenv("QLEARN_DATA", str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="QLEARN_DATA"):
         data.load_text("emma")
+
+
+def test_calibration_windows_are_the_gptq_loaders(char_tokenizer):
+    """Same draws as the GPTQ authors' datautils: random.seed(seed); randint(0, N - seqlen - 1)."""
+    import random
+
+    text = data.load_text("emma")[:20_000]
+    windows = data.calibration_windows(char_tokenizer, text, n_samples=4, seqlen=64, seed=3)
+    ids = char_tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+    random.seed(3)
+    expected = []
+    for _ in range(4):
+        i = random.randint(0, ids.shape[1] - 64 - 1)
+        expected.append(ids[:, i : i + 64])
+    assert windows.shape == (4, 64)
+    assert windows.tolist() == [e[0].tolist() for e in expected]
+
+
+def test_calibration_windows_leave_the_global_random_state_alone(char_tokenizer):
+    import random
+
+    random.seed(1)
+    before = random.getstate()
+    data.calibration_windows(char_tokenizer, "abc " * 100, n_samples=2, seqlen=8)
+    assert random.getstate() == before
+
+
+def test_calibration_windows_bad_input(char_tokenizer):
+    with pytest.raises(ValueError, match="text"):
+        data.calibration_windows(char_tokenizer, "short", seqlen=64)
+    with pytest.raises(ValueError, match="n_samples"):
+        data.calibration_windows(char_tokenizer, "abc " * 100, n_samples=0)
+    with pytest.raises(ValueError, match="seqlen"):
+        data.calibration_windows(char_tokenizer, "abc " * 100, seqlen=1)
