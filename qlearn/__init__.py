@@ -4,9 +4,13 @@ One module per concept, in course order:
 
 - :mod:`qlearn.floats`   — float bit layouts (FP32, FP16, BF16, FP8, FP4). Chapter 01.
 - :mod:`qlearn.affine`   — absmax and zero-point quantization, granularity. Chapter 02.
+- :mod:`qlearn.calibration` — clipping, range setting, observers, static/dynamic. Chapter 03.
+- :mod:`qlearn.int8`     — outlier features and LLM.int8(). Chapter 04.
 - :mod:`qlearn.models`   — the default model, walking linear layers, footprint.
 - :mod:`qlearn.evaluate` — perplexity and greedy generation.
 - :mod:`qlearn.plot`     — weight histograms and the course's other figures.
+- :mod:`qlearn.data`     — the course's texts and calibration windows.
+- :mod:`qlearn.widgets`  — interactive explorers (ipywidgets) over tested functions.
 
 Import the modules you need (``from qlearn import affine``); nothing heavy is imported here.
 """

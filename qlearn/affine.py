@@ -49,6 +49,7 @@ __all__ = [
     "fake_quantize",
     "quantization_error",
     "quantize",
+    "quantize_in_range",
     "quantize_model",
     "quantize_model_",
     "zeropoint_quantize",
@@ -268,9 +269,49 @@ def _quantize(
 ) -> QuantizedTensor:
     """Check the arguments, choose (S, Z) per block, round: the body of both quantizers."""
     bits, axis, group_size = _check_args(x, bits, axis, group_size)
-    qmin, qmax = _qrange(method, bits)
     xg = _grouped(x.float(), group_size)  # a view; float() copies only for fp16/bf16
     lo, hi = _block_min_max(xg, axis, group_size)
+    return _quantize_in_range(x, xg, lo, hi, method, bits, axis, group_size)
+
+
+def quantize_in_range(
+    x: torch.Tensor, lo: float, hi: float, method: str, *, bits: int = 8
+) -> QuantizedTensor:
+    """Quantize ``x`` over a given range [lo, hi] (one scale for the tensor) instead of its own.
+
+    The same (S, Z) and codes as :func:`absmax_quantize` / :func:`zeropoint_quantize` would give
+    a tensor whose min and max were ``lo`` and ``hi``; values beyond the range land on the end
+    codes (clipping). Used by ``qlearn.calibration`` for calibrated ranges: Nagel et al. 2021,
+    §3.1. Taught in notebooks/03_granularity_calibration.ipynb.
+    """
+    check_choice(method, "method", METHODS)
+    bits, _, _ = _check_args(x, bits, None, None)
+    for name, value in (("lo", lo), ("hi", hi)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if not lo < hi:
+        raise ValueError(f"lo: expected lo < hi, got lo={lo}, hi={hi}")
+    lo_t, hi_t = torch.tensor(float(lo)), torch.tensor(float(hi))
+    with torch.no_grad():
+        return _quantize_in_range(x, x.detach().float(), lo_t, hi_t, method, bits, None, None)
+
+
+def _quantize_in_range(
+    x: torch.Tensor,
+    xg: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    method: str,
+    bits: int,
+    axis: int | None,
+    group_size: int | None,
+) -> QuantizedTensor:
+    """(S, Z) from each block's range [lo, hi], then the codes of ``xg`` (``x`` grouped)."""
+    qmin, qmax = _qrange(method, bits)
     if method == ABSMAX:
         scale = _guard(torch.maximum(-lo, hi) / qmax)
         zero_point = torch.zeros_like(scale)

@@ -17,9 +17,11 @@ from matplotlib.patches import Rectangle
 from qlearn._checks import check_float_tensor, check_int
 
 __all__ = [
+    "activation_heatmap",
     "bar_chart",
     "bit_layout",
     "quantization_staircase",
+    "range_histogram",
     "spacing_plot",
     "weight_histogram",
 ]
@@ -205,6 +207,76 @@ def bar_chart(
     ax.tick_params(axis="x", rotation=30)
     for tick in ax.get_xticklabels():
         tick.set_horizontalalignment("right")
+    fig.tight_layout()
+    return fig
+
+
+def range_histogram(
+    x: torch.Tensor,
+    ranges: Mapping[str, tuple[float, float]],
+    *,
+    title: str,
+    bins: int = 120,
+) -> Figure:
+    """Histogram of |x| on log-log axes, with a vertical line where each range clips.
+
+    Heavy-tailed activations need both logarithms: the bulk sits near zero, the outliers
+    decades above it. Each range (lo, hi) is drawn at max(|lo|, |hi|). Taught in
+    notebooks/03_granularity_calibration.ipynb.
+    """
+    check_float_tensor(x, "x")
+    if not ranges:
+        raise ValueError("ranges: expected a non-empty mapping of label to (lo, hi)")
+    magnitudes = _numpy(x.abs())
+    positive = magnitudes[magnitudes > 0]
+    if positive.size == 0:
+        raise ValueError("x: expected some non-zero values to draw")
+    edges = np.geomspace(positive.min(), positive.max() * 1.0001, bins + 1)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.hist(positive, bins=edges, color=ORIGINAL_COLOR, alpha=0.6, log=True)
+    for (label, (lo, hi)), color in zip(ranges.items(), QUANT_COLORS, strict=False):
+        clip = max(abs(lo), abs(hi))
+        ax.axvline(clip, color=color, lw=1.6, label=f"{label}: {clip:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("|x| (log scale)")
+    ax.set_ylabel("count (log scale)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def activation_heatmap(
+    values: torch.Tensor,
+    *,
+    title: str,
+    xlabel: str = "input dimension",
+    ylabel: str = "layer",
+    colorbar_label: str = "max |x|",
+) -> Figure:
+    """A [rows, columns] map of magnitudes on a logarithmic colour scale (rows top to bottom).
+
+    Used for the layer × dimension picture of outlier features, Dettmers et al. 2022 §4.
+    Taught in notebooks/04_llm_int8.ipynb.
+    """
+    from matplotlib.colors import LogNorm
+
+    check_float_tensor(values, "values", ndim=2)
+    data = values.detach().float().abs().cpu().numpy()
+    positive = data[data > 0]
+    low = float(positive.min()) if positive.size else 1e-3
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    image = ax.imshow(
+        np.maximum(data, low),
+        aspect="auto",
+        interpolation="nearest",
+        norm=LogNorm(vmin=low, vmax=max(float(data.max()), low * 10)),
+        cmap="magma",
+    )
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 

@@ -797,3 +797,29 @@ BAD = [
 def test_bad_input(call, error, name):
     with pytest.raises(error, match=f"^{name}:"):
         call()
+
+
+def test_quantize_in_range_equals_the_quantizers_on_their_own_range():
+    from qlearn.affine import quantize_in_range
+
+    x = torch.randn(64, 32)
+    amax = float(x.abs().max())
+    ours, ref = quantize_in_range(x, -amax, amax, ABSMAX), absmax_quantize(x)
+    assert torch.equal(ours.codes, ref.codes) and torch.equal(ours.scale, ref.scale)
+    ours = quantize_in_range(x, float(x.min()), float(x.max()), ZEROPOINT, bits=4)
+    ref = zeropoint_quantize(x, bits=4)
+    assert torch.equal(ours.codes, ref.codes) and torch.equal(ours.zero_point, ref.zero_point)
+    clipped = quantize_in_range(x, -0.5, 0.5, ABSMAX)
+    assert int(clipped.codes.max()) == 127 and int(clipped.codes.min()) == -127
+    assert float(clipped.dequantize().abs().max()) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "match"),
+    [(1.0, 1.0, "lo"), (2.0, 1.0, "lo"), (float("nan"), 1.0, "lo"), (0.0, float("inf"), "hi")],
+)
+def test_quantize_in_range_bad_range(lo, hi, match):
+    from qlearn.affine import quantize_in_range
+
+    with pytest.raises(ValueError, match=match):
+        quantize_in_range(torch.randn(8), lo, hi, ABSMAX)

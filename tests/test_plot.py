@@ -73,3 +73,25 @@ def test_bit_layout_and_spacing_plot():
     assert len(fig.axes[0].patches) == 16
     fig = plot.spacing_plot(["fp16", "bf16"])
     assert len(fig.axes[0].get_lines()) == 2
+
+
+def test_activation_heatmap_is_one_image_on_a_log_scale():
+    values = torch.rand(4, 16)
+    values[2, 5] = 300.0
+    fig = plot.activation_heatmap(values, title="outliers")
+    image = fig.axes[0].get_images()[0]
+    assert image.get_array().shape == (4, 16)
+    assert image.norm.vmax == pytest.approx(300.0)
+    with pytest.raises(ValueError, match="values"):
+        plot.activation_heatmap(torch.rand(3), title="1-D")
+
+
+def test_range_histogram_draws_one_line_per_range():
+    x = torch.randn(5000)
+    fig = plot.range_histogram(x, {"minmax": (-4.0, 4.0), "mse": (-2.5, 2.5)}, title="ranges")
+    lines = fig.axes[0].get_lines()
+    assert [line.get_xdata()[0] for line in lines] == [4.0, 2.5]
+    with pytest.raises(ValueError, match="ranges"):
+        plot.range_histogram(x, {}, title="none")
+    with pytest.raises(ValueError, match="x"):
+        plot.range_histogram(torch.zeros(3), {"a": (-1.0, 1.0)}, title="zeros")
