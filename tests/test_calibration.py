@@ -7,8 +7,8 @@ References. ``nvidia-modelopt`` 0.47.0 (``pip install nvidia-modelopt``; it impo
 CPU) is the reference for "kl" (its "entropy") and for the histogram of |x| itself: fed the
 same tensors, its ``HistogramCalibrator`` holds the same counts and edges and ``compute_amax``
 gives the same threshold, bit for bit (asserted within one bin: see
-test_kl_equals_modelopt_entropy). Where modelopt is not installed those tests skip, and "kl" is
-still checked against a plain loop over thresholds and levels written here from the slides'
+test_kl_equals_modelopt_entropy; modelopt is a test dependency, so these never skip). "kl" is
+also checked against a plain loop over thresholds and levels written here from the slides'
 pseudo-code (Migacz, "8-bit Inference with TensorRT", GTC 2017), with the choices the slides
 leave open made as modelopt makes them: the same threshold. "percentile" follows
 numpy.percentile (within one bin of it; modelopt's rule is up to two bins off in a dense tail,
