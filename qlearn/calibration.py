@@ -74,6 +74,7 @@ from torch import nn
 from qlearn._checks import check_bits, check_choice, check_float_tensor, check_int
 from qlearn._progress import progress_bar
 from qlearn.affine import ABSMAX, ZEROPOINT, QuantizedTensor, fake_quantize, quantize_in_range
+from qlearn.data import token_batches
 
 __all__ = [
     "KL",
@@ -378,7 +379,7 @@ def observe_inputs(
     _check_model(model)
     histogram = _check_bool(histogram, "histogram")
     num_bins = _check_num_bins(num_bins)
-    batches = _as_batches(texts_or_batches, tokenizer)
+    batches = token_batches(texts_or_batches, tokenizer)
     layers = list(linear_layers(model))
     observers: dict[str, MinMaxObserver] = {
         name: HistogramObserver(num_bins) if histogram else MinMaxObserver() for name, _ in layers
@@ -580,53 +581,6 @@ def _check_ranges(ranges: Any, names: list[str], symmetric: bool) -> dict[str, t
 def _check_model(model: Any) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-
-
-def _as_batches(data: Any, tokenizer: Any) -> list[torch.Tensor]:
-    """The calibration data as a list of [batch, seqlen] token tensors, all checked up front."""
-    expected = "a [n, seqlen] token tensor, a list of token tensors or a list of strings"
-    name = "texts_or_batches"
-    if isinstance(data, torch.Tensor):
-        _check_tokens(data, name)
-        return list(data.reshape(-1, data.shape[-1]).split(1)) if data.ndim == 2 else [data[None]]
-    if not isinstance(data, (list, tuple)):
-        raise TypeError(f"{name}: expected {expected}, got {data!r:.60} ({type(data).__name__})")
-    if not data:
-        raise ValueError(f"{name}: expected {expected}, got an empty {type(data).__name__}")
-    if all(isinstance(item, str) for item in data):
-        if tokenizer is None:
-            raise ValueError(
-                f"tokenizer: expected a tokenizer to turn the strings of {name} into tokens, "
-                "got None"
-            )
-        batches = []
-        for i, text in enumerate(data):
-            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-            if ids.numel() == 0:
-                raise ValueError(f"{name}[{i}]: expected a text with tokens, got {text!r:.40}")
-            batches.append(ids)
-        return batches
-    batches = []
-    for i, item in enumerate(data):
-        if not isinstance(item, torch.Tensor):
-            raise TypeError(
-                f"{name}[{i}]: expected a token tensor like the other items, "
-                f"got {item!r:.40} ({type(item).__name__})"
-            )
-        _check_tokens(item, f"{name}[{i}]")
-        batches.append(item if item.ndim == 2 else item[None])
-    return batches
-
-
-def _check_tokens(ids: torch.Tensor, name: str) -> None:
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"{name}: expected token ids (an integer tensor), got dtype {ids.dtype}")
-    if ids.ndim not in (1, 2):
-        raise ValueError(
-            f"{name}: expected a [n, seqlen] or [seqlen] tensor, got {tuple(ids.shape)}"
-        )
-    if ids.numel() == 0:
-        raise ValueError(f"{name}: expected at least one token, got shape {tuple(ids.shape)}")
 
 
 # --------------------------------------------------------------------------------------------

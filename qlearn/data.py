@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,6 +22,7 @@ __all__ = [
     "calibration_windows",
     "data_dir",
     "load_text",
+    "token_batches",
 ]
 
 TEXTS = {"pride_and_prejudice": "pride_and_prejudice.txt", "emma": "emma.txt"}
@@ -74,3 +76,56 @@ def calibration_windows(
     rng = random.Random(seed)
     starts = [rng.randint(0, ids.numel() - seqlen - 1) for _ in range(n_samples)]
     return torch.stack([ids[start : start + seqlen] for start in starts])
+
+
+def token_batches(data: Any, tokenizer: Any = None) -> list[torch.Tensor]:
+    """Calibration data as a list of [batch, seqlen] token tensors (one forward pass each).
+
+    ``data`` is a [n, seqlen] token tensor (e.g. :func:`calibration_windows`; split into n
+    passes of one window), a [seqlen] tensor, a list of token tensors (one pass each), or a
+    list of strings (each tokenized alone by ``tokenizer``, without special tokens). Everything
+    is checked up front. Used by ``qlearn.calibration`` and ``qlearn.int8``.
+    """
+    expected = "a [n, seqlen] token tensor, a list of token tensors or a list of strings"
+    name = "texts_or_batches"
+    if isinstance(data, torch.Tensor):
+        _check_tokens(data, name)
+        return list(data.reshape(-1, data.shape[-1]).split(1)) if data.ndim == 2 else [data[None]]
+    if not isinstance(data, (list, tuple)):
+        raise TypeError(f"{name}: expected {expected}, got {data!r:.60} ({type(data).__name__})")
+    if not data:
+        raise ValueError(f"{name}: expected {expected}, got an empty {type(data).__name__}")
+    if all(isinstance(item, str) for item in data):
+        if tokenizer is None:
+            raise ValueError(
+                f"tokenizer: expected a tokenizer to turn the strings of {name} into tokens, "
+                "got None"
+            )
+        batches = []
+        for i, text in enumerate(data):
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            if ids.numel() == 0:
+                raise ValueError(f"{name}[{i}]: expected a text with tokens, got {text!r:.40}")
+            batches.append(ids)
+        return batches
+    batches = []
+    for i, item in enumerate(data):
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(
+                f"{name}[{i}]: expected a token tensor like the other items, "
+                f"got {item!r:.40} ({type(item).__name__})"
+            )
+        _check_tokens(item, f"{name}[{i}]")
+        batches.append(item if item.ndim == 2 else item[None])
+    return batches
+
+
+def _check_tokens(ids: torch.Tensor, name: str) -> None:
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name}: expected token ids (an integer tensor), got dtype {ids.dtype}")
+    if ids.ndim not in (1, 2):
+        raise ValueError(
+            f"{name}: expected a [n, seqlen] or [seqlen] tensor, got {tuple(ids.shape)}"
+        )
+    if ids.numel() == 0:
+        raise ValueError(f"{name}: expected at least one token, got shape {tuple(ids.shape)}")

@@ -36,6 +36,7 @@ from torch import nn
 
 from qlearn._checks import check_choice, check_float_tensor, check_int, check_positive
 from qlearn._progress import progress_bar
+from qlearn.data import token_batches
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -346,7 +347,7 @@ def quantize_model_int8(
 
 def find_outlier_features(
     model: nn.Module,
-    texts_or_batches: str | torch.Tensor | Sequence[str | torch.Tensor],
+    texts_or_batches: torch.Tensor | Sequence[torch.Tensor] | Sequence[str],
     *,
     threshold: float = DEFAULT_THRESHOLD,
     tokenizer: object | None = None,
@@ -355,9 +356,10 @@ def find_outlier_features(
     """Run ``model`` and record, at the input of every decoder linear layer, which input
     dimensions reach |x| ≥ ``threshold``, how often, and the largest |x| of each dimension.
 
-    ``texts_or_batches``: a [n, seqlen] (or [seqlen]) tensor of token ids, a list of them, or
-    strings (one or a list) with ``tokenizer`` (tokenized without special tokens, one forward
-    pass each). Layers are those of ``qlearn.models.linear_layers``; forward pre-hooks record
+    ``texts_or_batches``: a [n, seqlen] (or [seqlen]) tensor of token ids (one window per
+    forward pass), a list of them, or a list of strings with ``tokenizer`` (tokenized without
+    special tokens, one forward pass each): see ``qlearn.data.token_batches``.
+    Layers are those of ``qlearn.models.linear_layers``; forward pre-hooks record
     their inputs and are removed afterwards, also when the model raises. Returns
     ``{layer name: OutlierFeatures}`` in model order. Dettmers et al. 2022, §4. Taught in
     notebooks/04_llm_int8.ipynb.
@@ -367,7 +369,7 @@ def find_outlier_features(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     threshold = check_positive(threshold, "threshold")
-    batches = _token_batches(texts_or_batches, tokenizer)
+    batches = token_batches(texts_or_batches, tokenizer)
     layers = list(linear_layers(model))
     device = _model_device(model)
     stats: dict[str, _Tally] = {}
@@ -558,48 +560,6 @@ class _Tally:
             counts=counts[dims],
             max_abs=max_abs,
         )
-
-
-def _token_batches(
-    texts_or_batches: str | torch.Tensor | Sequence[str | torch.Tensor], tokenizer: object | None
-) -> list[torch.Tensor]:
-    """Turn the accepted inputs into a list of [n, seqlen] int64 token tensors."""
-    items = (
-        [texts_or_batches]
-        if isinstance(texts_or_batches, (str, torch.Tensor))
-        else texts_or_batches
-    )
-    if not isinstance(items, Sequence) or not items:
-        raise TypeError(
-            "texts_or_batches: expected a token tensor [n, seqlen], a string, or a non-empty "
-            f"list of them, got {type(texts_or_batches).__name__}"
-        )
-    batches = []
-    for item in items:
-        if isinstance(item, str):
-            if tokenizer is None:
-                raise TypeError("tokenizer: expected a tokenizer to encode strings, got None")
-            if not item.strip():
-                raise ValueError(f"texts_or_batches: expected non-empty strings, got {item!r}")
-            ids = tokenizer(item, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        elif isinstance(item, torch.Tensor):
-            if item.is_floating_point() or item.is_complex() or item.dtype == torch.bool:
-                raise TypeError(
-                    f"texts_or_batches: expected integer token ids, got dtype {item.dtype}"
-                )
-            if item.ndim not in (1, 2) or item.numel() == 0:
-                raise ValueError(
-                    "texts_or_batches: expected a non-empty [n, seqlen] or [seqlen] token "
-                    f"tensor, got shape {tuple(item.shape)}"
-                )
-            ids = item.long().reshape(-1, item.shape[-1])
-        else:
-            raise TypeError(
-                "texts_or_batches: expected token tensors or strings, got an item of type "
-                f"{type(item).__name__}"
-            )
-        batches.append(ids)
-    return batches
 
 
 def _model_device(model: nn.Module) -> torch.device:

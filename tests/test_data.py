@@ -59,3 +59,22 @@ def test_calibration_windows_bad_input(char_tokenizer):
         data.calibration_windows(char_tokenizer, "abc " * 100, n_samples=0)
     with pytest.raises(ValueError, match="seqlen"):
         data.calibration_windows(char_tokenizer, "abc " * 100, seqlen=1)
+
+
+def test_token_batches_one_pass_per_window_or_item(char_tokenizer):
+    import torch
+
+    windows = torch.arange(12).reshape(3, 4)
+    assert [b.tolist() for b in data.token_batches(windows)] == [
+        [[0, 1, 2, 3]],
+        [[4, 5, 6, 7]],
+        [[8, 9, 10, 11]],
+    ]
+    assert [tuple(b.shape) for b in data.token_batches([windows, torch.arange(5)])] == [
+        (3, 4),
+        (1, 5),
+    ]
+    texts = data.token_batches(["a cat", "a dog"], char_tokenizer)
+    assert [b.shape[0] for b in texts] == [1, 1]
+    with pytest.raises(ValueError, match="tokenizer"):
+        data.token_batches(["a cat"])
