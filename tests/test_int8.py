@@ -512,7 +512,7 @@ def test_default_model_outliers_and_footprint(default_model):
     values, hidden dimension 247 among them; int8 linear layers take ≈ ½ of FP16's bytes."""
     model, tokenizer = default_model
     text = "Emma Woodhouse, handsome, clever, and rich, with a comfortable home and happy"
-    found = find_outlier_features(model, text * 4, tokenizer=tokenizer)
+    found = find_outlier_features(model, [text * 4], tokenizer=tokenizer)
     n_outliers = sum(int(f.counts.sum()) for f in found.values())
     fraction = n_outliers / sum(f.n_values for f in found.values())
     assert 1e-4 < fraction < 1e-2
