@@ -60,10 +60,12 @@ def check_float_tensor(
         )
 
 
-def check_int(value: Any, name: str) -> int:
-    """Raise unless ``value`` is an integer (a bool is not); return it as ``int``."""
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """Raise unless ``value`` is an integer (a bool is not), at least ``minimum`` if given."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name}: expected an int, got {_describe(value)}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected at least {minimum}, got {value}")
     return int(value)
 
 

@@ -59,12 +59,8 @@ def calibration_windows(
     can be compared with theirs window for window. Uses its own ``random.Random``, leaving the
     global generator alone. Used from notebooks/03_granularity_calibration.ipynb on.
     """
-    n_samples = check_int(n_samples, "n_samples")
-    seqlen = check_int(seqlen, "seqlen")
-    if n_samples < 1:
-        raise ValueError(f"n_samples: expected at least 1, got {n_samples}")
-    if seqlen < 2:
-        raise ValueError(f"seqlen: expected at least 2, got {seqlen}")
+    n_samples = check_int(n_samples, "n_samples", minimum=1)
+    seqlen = check_int(seqlen, "seqlen", minimum=2)
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text: expected a non-empty string, got {text!r:.40}")
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]

@@ -59,12 +59,8 @@ def token_windows(
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text: expected a non-empty string, got {text!r:.40}")
-    max_tokens = check_int(max_tokens, "max_tokens")
-    window = check_int(window, "window")
-    if max_tokens < 2:
-        raise ValueError(f"max_tokens: expected at least 2, got {max_tokens}")
-    if window < 2:
-        raise ValueError(f"window: expected at least 2, got {window}")
+    max_tokens = check_int(max_tokens, "max_tokens", minimum=2)
+    window = check_int(window, "window", minimum=2)
     ids = _encode(tokenizer, text)[:max_tokens]
     if ids.numel() < 2:
         raise ValueError(f"text: expected at least 2 tokens, got {ids.numel()}")
@@ -78,9 +74,7 @@ def generate(model: nn.Module, tokenizer: object, prompt: str, *, max_new_tokens
     """
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
-    max_new_tokens = check_int(max_new_tokens, "max_new_tokens")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens: expected at least 1, got {max_new_tokens}")
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", minimum=1)
     device = _model_device(model)
     inputs = tokenizer(prompt, return_tensors="pt").to(device)
     with torch.inference_mode():
