@@ -6,6 +6,7 @@ One module per concept, in course order:
 - :mod:`qlearn.affine`   — absmax and zero-point quantization, granularity. Chapter 02.
 - :mod:`qlearn.calibration` — clipping, range setting, observers, static/dynamic. Chapter 03.
 - :mod:`qlearn.int8`     — outlier features and LLM.int8(). Chapter 04.
+- :mod:`qlearn.gptq`     — GPTQ: inverse-Hessian error feedback, layer by layer. Chapter 05.
 - :mod:`qlearn.gguf`     — GGUF blocks (Q8_0…Q5_1) and k-quants (Q2_K…Q6_K), byte-identical to
   llama.cpp; GGUF files. Chapter 06.
 - :mod:`qlearn.models`   — the default model, walking linear layers, footprint.

@@ -1,0 +1,823 @@
+"""GPTQ: quantize a layer column by column, spreading each error over the columns not yet done.
+
+Frantar, Ashkboos, Hoefler and Alistarh, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers", ICLR 2023 (arXiv:2210.17323). For a linear layer with
+weight W [rows = out, columns = in] and calibration inputs X [in, N tokens], GPTQ looks for
+quantized weights Ŵ that minimize the layer's output error ‖WX − ŴX‖² (§3, eq. 1). Row by row
+this is a quadratic with Hessian H = 2XXᵀ (here divided by N, a mean over tokens, §3 eq. 2):
+
+1. quantize one column (every row at once: a weight of each output);
+2. the optimal brain surgeon update (OBS/OBQ, §3 eq. 2–3) moves the columns not yet quantized
+   to cancel what that rounding did to the output: W[:, F] −= (w − ŵ) / [H_F⁻¹]_qq · (H_F⁻¹)_q,:;
+3. take the columns in a fixed order (§4 step 1), update the trailing columns only once per
+   block of 128 ("lazy batch updates", step 2), and read every needed row of H_F⁻¹ from the
+   upper Cholesky factor of H⁻¹ (step 3, eq. 5): Algorithm 1.
+
+The details follow the authors' reference code (IST-DASLab/gptq, ``gptq.py`` and ``quant.py``):
+inputs that never fire (H_ii = 0, "dead") get H_ii = 1 and a zero weight column; H is damped by
+``percdamp`` · mean(diag H) before the Cholesky; the quantizer is per output row, asymmetric
+min/max over [min(w, 0), max(w, 0)] with codes in [0, 2^bits − 1] (symmetric as an option);
+with groups its scale and zero are refitted, at the first column of each group, on the weights
+as GPTQ has updated them so far; act-order takes columns by decreasing diag H, and static groups
+fit all groups on the original weights first. The sequential procedure
+(:func:`gptq_quantize_model`) quantizes decoder layer after decoder layer, each calibrated on
+the outputs of the layers already quantized, as the reference's ``opt_sequential`` /
+``llama_sequential`` do.
+
+Taught in notebooks/05_gptq.ipynb.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import torch
+from torch import nn
+
+from qlearn._checks import check_bits, check_float_tensor, check_int, check_positive
+from qlearn._progress import progress_bar
+from qlearn.data import calibration_windows, token_batches
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "DEFAULT_PERCDAMP",
+    "GPTQReport",
+    "HessianAccumulator",
+    "LayerReport",
+    "QuantizedWeight",
+    "gptq_quantize",
+    "gptq_quantize_model",
+    "layer_error",
+    "rtn_quantize",
+    "rtn_quantize_model",
+]
+
+DEFAULT_BLOCK_SIZE: Final = 128
+"""Columns per lazy batch update (the paper's B, §4 step 2; the reference's ``blocksize``)."""
+DEFAULT_PERCDAMP: Final = 0.01
+"""Damping λ added to diag H, as a fraction of its mean (§4 step 3; the reference's default)."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: `==` on tensors is elementwise, not a bool
+class QuantizedWeight:
+    """A weight quantized by :func:`gptq_quantize` or :func:`rtn_quantize`.
+
+    ``weight``: the dequantized weight, the input's shape and dtype. ``codes`` (uint8, [out, in],
+    the input's column order) lie in [0, 2^bits − 1]; ``scale`` (float32; float64 for a
+    float64 input) and ``zero`` (uint8) are [out, n_groups]; column j belongs to group
+    ``g_idx[j]``, so weight[:, j] = scale[:, g] · (codes[:, j] − zero[:, g]) with g = g_idx[j].
+    ``perm``: the order in which GPTQ quantized the columns (act-order), else None.
+    ``losses`` ([out], float32): GPTQ's own account of the error it made in each row,
+    Σ (w − ŵ)² / (2 [H_F⁻¹]_qq) over the row's weights (the reference's ``Losses``, summed per
+    row; the total equals ½ tr(ΔH_dΔᵀ) with Δ = W − Ŵ and H_d the damped Hessian), None for
+    round-to-nearest. Frantar et al. 2023, Algorithm 1.
+    Taught in notebooks/05_gptq.ipynb.
+    """
+
+    weight: torch.Tensor
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    g_idx: torch.Tensor
+    perm: torch.Tensor | None
+    bits: int
+    group_size: int | None
+    sym: bool
+    losses: torch.Tensor | None
+
+    @property
+    def loss(self) -> float | None:
+        """The sum of ``losses``: GPTQ's estimate of ½ tr(ΔH_dΔᵀ) (None for RTN)."""
+        return None if self.losses is None else float(self.losses.sum())
+
+    def dequantize(self) -> torch.Tensor:
+        """scale · (codes − zero) for every weight, in ``weight``'s dtype (equals ``weight``).
+
+        Computed in the scale's precision, as the quantizer computed ``weight``.
+        Taught in notebooks/05_gptq.ipynb.
+        """
+        scale = self.scale[:, self.g_idx]
+        zero = self.zero[:, self.g_idx].to(scale.dtype)
+        return (scale * (self.codes.to(scale.dtype) - zero)).to(self.weight.dtype)
+
+
+class HessianAccumulator:
+    """The layer Hessian H = 2/N · Σ x xᵀ over the N calibration tokens seen so far.
+
+    Feed it inputs with :meth:`add_batch`, or register :meth:`hook` as a forward pre-hook of
+    the linear layer (``layer.register_forward_pre_hook(acc.hook)``). H is kept as a running mean
+    (rescaled by n / (n + m) before each batch of m tokens is added, as the reference's
+    ``add_batch`` does), in float32 by default. The reference counts sequences rather than
+    tokens in N, which only scales H (and GPTQ's reported loss) by the sequence length; the
+    quantized weights are the same. Frantar et al. 2023, §3 (H = 2XXᵀ).
+    Taught in notebooks/05_gptq.ipynb.
+    """
+
+    def __init__(self, in_features: int, *, dtype: torch.dtype = torch.float32) -> None:
+        in_features = check_int(in_features, "in_features", minimum=1)
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype: expected torch.float32 or torch.float64, got {dtype}")
+        self.in_features = in_features
+        self.n_tokens = 0
+        self._H = torch.zeros(in_features, in_features, dtype=dtype)
+
+    @property
+    def hessian(self) -> torch.Tensor:
+        """H = 2/N · Σ x xᵀ, [in_features, in_features] (a copy)."""
+        if self.n_tokens == 0:
+            raise ValueError("hessian: no input was added yet (call add_batch or run the model)")
+        return self._H.clone()
+
+    @torch.no_grad()
+    def add_batch(self, x: torch.Tensor) -> None:
+        """Add the tokens of ``x`` ([..., in_features]: every leading index is a token)."""
+        check_float_tensor(x, "x")
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"x: expected a last dimension of {self.in_features} (in_features), "
+                f"got shape {tuple(x.shape)}"
+            )
+        X = x.detach().reshape(-1, self.in_features).to(self._H)
+        m = X.shape[0]
+        self._H.mul_(self.n_tokens / (self.n_tokens + m))
+        self.n_tokens += m
+        self._H.addmm_(X.T, X, alpha=2.0 / self.n_tokens)
+
+    def hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        """Forward pre-hook: add the layer's input (its first positional argument)."""
+        if not args or not isinstance(args[0], torch.Tensor):
+            raise TypeError(
+                f"input: expected the {type(module).__name__} to be called with its input as "
+                f"the first positional argument, got {len(args)} positional arguments"
+            )
+        self.add_batch(args[0])
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    *,
+    bits: int = 4,
+    group_size: int | None = None,
+    sym: bool = False,
+    act_order: bool = False,
+    static_groups: bool = False,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    percdamp: float = DEFAULT_PERCDAMP,
+) -> QuantizedWeight:
+    """Quantize ``weight`` [out, in] with GPTQ, given the layer Hessian [in, in] of its inputs.
+
+    Algorithm 1 of Frantar et al. 2023 with the reference's details (module docstring): dead
+    inputs, damping ``percdamp`` · mean(diag H), Hinv = upper Cholesky factor of H⁻¹, lazy
+    updates every ``block_size`` columns. ``group_size``: one scale and zero per row and group
+    of that many consecutive columns (default: one per row), refitted on the updated weights at
+    each group's first column; ``act_order``: quantize the columns by decreasing diag H (§5,
+    "act-order"); ``static_groups`` (needs ``group_size``): fit every group on the original
+    weights up front, so that act-order keeps groups of consecutive columns. ``sym``: symmetric
+    quantizer (zero = 2^(bits−1)). Computed in float32 (float64 for a float64 weight); the
+    input tensors are left untouched. Taught in notebooks/05_gptq.ipynb.
+    """
+    _check_weight(weight, bits, group_size)
+    rows, columns = weight.shape
+    check_float_tensor(hessian, "hessian", ndim=2)
+    if hessian.shape[0] != hessian.shape[1]:
+        raise ValueError(f"hessian: expected a square matrix, got shape {tuple(hessian.shape)}")
+    if hessian.shape[0] != columns:
+        raise ValueError(
+            f"hessian: expected shape ({columns}, {columns}) to match weight's {columns} input "
+            f"columns, got {tuple(hessian.shape)}"
+        )
+    sym, act_order, static_groups = (
+        _check_bool(sym, "sym"),
+        _check_bool(act_order, "act_order"),
+        _check_bool(static_groups, "static_groups"),
+    )
+    if static_groups and group_size is None:
+        raise ValueError("static_groups: expected False without a group_size, got True")
+    block_size = check_int(block_size, "block_size", minimum=1)
+    percdamp = check_positive(percdamp, "percdamp", strict=False)
+
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    maxq = 2**bits - 1
+    with torch.no_grad():
+        W = weight.detach().to(dtype, copy=True)
+        H = hessian.detach().to(dtype, copy=True)
+        # Per-row parameters on the original weights (the reference fits them before zeroing).
+        scale, zero = _fit(W, maxq, sym)
+        # Inputs that are always 0 carry no information: H_ii = 1 keeps H invertible.
+        dead = H.diagonal() == 0
+        H[dead, dead] = 1
+        W[:, dead] = 0
+        if group_size is None:
+            scales, zeros = scale[:, None], zero[:, None]
+        elif static_groups:  # every group fitted on the original weights, in column order
+            scales, zeros = _fit_groups(W, group_size, maxq, sym)
+        else:  # filled in as the columns go
+            n_groups = -(-columns // group_size)
+            scales = torch.empty(rows, n_groups, dtype=dtype)
+            zeros = torch.empty(rows, n_groups, dtype=dtype)
+        perm = None
+        if act_order:  # §5: the columns with the largest inputs first
+            perm = torch.argsort(H.diagonal(), descending=True)
+            W, H = W[:, perm], H[perm][:, perm]
+        # Column j of the (permuted) W belongs to group g_idx_q[j] of scales / zeros.
+        order = perm if perm is not None else torch.arange(columns)
+        if group_size is None:
+            g_idx_q = torch.zeros(columns, dtype=torch.long)
+        elif static_groups:
+            g_idx_q = order // group_size
+        else:
+            g_idx_q = torch.arange(columns) // group_size
+
+        damp = percdamp * torch.diag(H).mean()  # a contiguous copy: the reference's sum order
+        H.diagonal().add_(damp)
+        Hinv = _upper_cholesky_of_inverse(H)
+
+        with _one_thread():
+            Q, codes, Err = _gptq_columns(
+                W, Hinv, scales, zeros, g_idx_q, maxq, sym, group_size, static_groups, block_size
+            )
+        Losses = Err.square() / 2  # (w − q)² / d², halved: the reference's Losses
+        if perm is not None:
+            invperm = torch.argsort(perm)
+            Q, codes = Q[:, invperm], codes[:, invperm]
+        g_idx = torch.empty(columns, dtype=torch.long)
+        g_idx[order] = g_idx_q
+    return QuantizedWeight(
+        weight=Q.to(weight.dtype),
+        codes=codes.to(torch.uint8),
+        scale=scales.contiguous(),
+        zero=zeros.to(torch.uint8).contiguous(),
+        g_idx=g_idx,
+        perm=perm,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        losses=Losses.sum(dim=1),
+    )
+
+
+def rtn_quantize(
+    weight: torch.Tensor, *, bits: int = 4, group_size: int | None = None, sym: bool = False
+) -> QuantizedWeight:
+    """Round-to-nearest with GPTQ's quantizer: the baseline GPTQ is compared with.
+
+    One scale and zero per output row (or per row and group of ``group_size`` consecutive
+    input columns), asymmetric min/max over [min(w, 0), max(w, 0)] with codes in
+    [0, 2^bits − 1], or symmetric with ``sym``; every weight rounded on its own. This is the
+    reference's ``--nearest`` (RTN) baseline, Frantar et al. 2023, §5 (and Yao et al. 2022,
+    Dettmers et al. 2022 for RTN). Taught in notebooks/05_gptq.ipynb.
+    """
+    _check_weight(weight, bits, group_size)
+    sym = _check_bool(sym, "sym")
+    columns = weight.shape[1]
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    maxq = 2**bits - 1
+    with torch.no_grad():
+        W = weight.detach().to(dtype)
+        g = group_size or columns
+        scale, zero = _fit_groups(W, g, maxq, sym)
+        g_idx = torch.arange(columns) // g
+        codes = _codes(W, scale[:, g_idx], zero[:, g_idx], maxq)
+        Q = scale[:, g_idx] * (codes - zero[:, g_idx])
+    return QuantizedWeight(
+        weight=Q.to(weight.dtype),
+        codes=codes.to(torch.uint8),
+        scale=scale,
+        zero=zero.to(torch.uint8),
+        g_idx=g_idx,
+        perm=None,
+        bits=bits,
+        group_size=group_size,
+        sym=sym,
+        losses=None,
+    )
+
+
+def layer_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Tensor) -> float:
+    """The layer's output error on its calibration inputs: ½ tr(ΔHΔᵀ) with Δ = W − Ŵ.
+
+    With H = 2/N · XXᵀ this is ‖WX − ŴX‖² / N, the squared output error per token summed over
+    the outputs: GPTQ's objective (Frantar et al. 2023, eq. 1). Computed in float64.
+    Taught in notebooks/05_gptq.ipynb.
+    """
+    check_float_tensor(weight, "weight", ndim=2)
+    check_float_tensor(quantized, "quantized", ndim=2)
+    if quantized.shape != weight.shape:
+        raise ValueError(
+            f"quantized: expected weight's shape {tuple(weight.shape)}, "
+            f"got {tuple(quantized.shape)}"
+        )
+    check_float_tensor(hessian, "hessian", ndim=2)
+    columns = weight.shape[1]
+    if tuple(hessian.shape) != (columns, columns):
+        raise ValueError(
+            f"hessian: expected shape ({columns}, {columns}), got {tuple(hessian.shape)}"
+        )
+    with torch.no_grad():
+        delta = weight.detach().double() - quantized.detach().double()
+        return float(((delta @ hessian.detach().double()) * delta).sum() / 2)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One linear layer of :func:`gptq_quantize_model`: its output error (:func:`layer_error`,
+    on the calibration inputs it received) with round-to-nearest and with GPTQ, GPTQ's own
+    ``loss`` (damped Hessian), and the seconds of the :func:`gptq_quantize` call that
+    quantized it (layers fed the same input are quantized together, in one call).
+    Taught in notebooks/05_gptq.ipynb."""
+
+    name: str
+    shape: tuple[int, int]
+    rtn_error: float
+    gptq_error: float
+    loss: float
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        """GPTQ's error over RTN's (below 1: GPTQ did better)."""
+        return self.gptq_error / self.rtn_error if self.rtn_error else math.nan
+
+
+@dataclass(frozen=True)
+class GPTQReport:
+    """What :func:`gptq_quantize_model` did: one :class:`LayerReport` per linear layer in model
+    order, the calibration size, and where the time went (``seconds`` in all, of which
+    ``gptq_seconds`` in :func:`gptq_quantize` and the rest mostly in forward passes).
+    Taught in notebooks/05_gptq.ipynb."""
+
+    layers: list[LayerReport]
+    n_windows: int
+    n_tokens: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    gptq_seconds: float = 0.0
+
+    def table(self, *, every: int = 1) -> str:
+        """A text table: layer, shape, RTN error, GPTQ error, ratio (every ``every``-th row)."""
+        every = check_int(every, "every", minimum=1)
+        lines = [f"{'layer':<34}{'in → out':>12}{'RTN error':>12}{'GPTQ error':>12}{'ratio':>7}"]
+        for row in self.layers[::every]:
+            shape = f"{row.shape[1]} → {row.shape[0]}"
+            lines.append(
+                f"{row.name:<34}{shape:>12}{row.rtn_error:>12.3g}{row.gptq_error:>12.3g}"
+                f"{row.ratio:>7.2f}"
+            )
+        return "\n".join(lines)
+
+
+def gptq_quantize_model(
+    model: nn.Module,
+    calibration_texts: str | torch.Tensor | Sequence[torch.Tensor] | Sequence[str],
+    tokenizer: Any = None,
+    *,
+    bits: int = 4,
+    group_size: int | None = None,
+    sym: bool = False,
+    act_order: bool = False,
+    static_groups: bool = False,
+    nsamples: int = 32,
+    seqlen: int = 512,
+    seed: int = 0,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    percdamp: float = DEFAULT_PERCDAMP,
+    batch_size: int = 8,
+    progress: bool | None = None,
+) -> tuple[nn.Module, GPTQReport]:
+    """Return ``(a GPTQ-quantized copy of model, a GPTQReport)``; ``model`` is left untouched.
+
+    ``calibration_texts``: a text (``nsamples`` random windows of ``seqlen`` tokens are drawn
+    from it with ``qlearn.data.calibration_windows(..., seed=seed)``, as the GPTQ authors'
+    loader does), or anything ``qlearn.data.token_batches`` takes (a [n, seqlen] token tensor,
+    a list of token tensors, a list of strings with ``tokenizer``); windows of equal length are
+    run ``batch_size`` at a time. The sequential procedure of the reference (Frantar et al.
+    2023, §4 and ``llama_sequential``): catch the inputs of the first decoder layer (and the
+    keyword arguments the model passes it: attention mask, position embeddings); then for each
+    decoder layer, one forward pass with hooks accumulates the Hessian of every linear layer in
+    it, every linear is quantized with :func:`gptq_quantize` (all of the layer from the same
+    pass, the reference's default rather than its ``--true-sequential``; layers fed the same
+    input, such as q, k and v, share one Hessian and are quantized in one call on their stacked
+    rows, which gives each exactly the weights it would get alone), and a second pass through
+    the quantized layer gives the next layer's inputs. The hooks and the forward passes run
+    under ``torch.no_grad``. Layers are those of
+    ``qlearn.models.linear_layers``; embeddings, norms and the LM head are kept.
+    Taught in notebooks/05_gptq.ipynb.
+    """
+    from qlearn.models import decoder_layers, get_weight, linear_layers, set_weight_
+
+    started = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    bits = check_bits(bits, low=2, high=8)
+    for name, layer in linear_layers(model):  # every layer checked before any work
+        weight = get_weight(layer)
+        if group_size is not None:
+            _check_group_size(group_size, weight.shape[1], name=f"group_size (layer {name})")
+    for name, value in (("sym", sym), ("act_order", act_order), ("static_groups", static_groups)):
+        _check_bool(value, name)
+    if static_groups and group_size is None:
+        raise ValueError("static_groups: expected False without a group_size, got True")
+    check_int(block_size, "block_size", minimum=1)
+    check_positive(percdamp, "percdamp", strict=False)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    batches = _calibration_batches(calibration_texts, tokenizer, nsamples, seqlen, seed, batch_size)
+
+    quantized = copy.deepcopy(model)
+    was_training = quantized.training
+    quantized.eval()
+    prefix, blocks = decoder_layers(quantized)
+    rows: list[LayerReport] = []
+    gptq_seconds = 0.0
+    try:
+        with torch.no_grad():
+            inputs, extra_args = _first_layer_inputs(quantized, blocks[0], batches)
+            for index, block in enumerate(
+                progress_bar(blocks, desc=f"GPTQ {bits}-bit", total=len(blocks), progress=progress)
+            ):
+                linears = dict(_linears_of(block))
+                found: dict[str, LayerReport] = {}
+                # Layers fed the same input (q, k, v; gate, up) share H: GPTQ runs once on
+                # their stacked rows, which gives each the same weights as alone (rows are
+                # independent) with a third of the column steps.
+                for names, H in _block_hessians(block, list(linears.items()), inputs, extra_args):
+                    Ws = [get_weight(linears[name]).detach() for name in names]
+                    tick = time.perf_counter()
+                    result = gptq_quantize(
+                        torch.cat(Ws) if len(Ws) > 1 else Ws[0],
+                        H,
+                        bits=bits,
+                        group_size=group_size,
+                        sym=sym,
+                        act_order=act_order,
+                        static_groups=static_groups,
+                        block_size=block_size,
+                        percdamp=percdamp,
+                    )
+                    seconds = time.perf_counter() - tick
+                    gptq_seconds += seconds
+                    start = 0
+                    for name, W in zip(names, Ws, strict=True):
+                        rows_of_W = slice(start, start + W.shape[0])
+                        start += W.shape[0]
+                        Q = result.weight[rows_of_W]
+                        rtn = rtn_quantize(W, bits=bits, group_size=group_size, sym=sym)
+                        rtn_error, gptq_error = _errors(W, (rtn.weight, Q), H)
+                        found[name] = LayerReport(
+                            name=f"{prefix}.{index}.{name}",
+                            shape=(W.shape[0], W.shape[1]),
+                            rtn_error=rtn_error,
+                            gptq_error=gptq_error,
+                            loss=float(result.losses[rows_of_W].sum()),
+                            seconds=seconds,
+                        )
+                        set_weight_(linears[name], Q)
+                rows.extend(found[name] for name in linears)  # in model order
+                inputs = [
+                    _block_output(block(x, *args, **kwargs))
+                    for x, (args, kwargs) in zip(inputs, extra_args, strict=True)
+                ]
+    finally:
+        quantized.train(was_training)
+    n_tokens = sum(batch.numel() for batch in batches)
+    report = GPTQReport(
+        layers=rows,
+        n_windows=sum(batch.shape[0] for batch in batches),
+        n_tokens=n_tokens,
+        settings={
+            "bits": bits,
+            "group_size": group_size,
+            "sym": sym,
+            "act_order": act_order,
+            "static_groups": static_groups,
+            "block_size": block_size,
+            "percdamp": percdamp,
+        },
+        seconds=time.perf_counter() - started,
+        gptq_seconds=gptq_seconds,
+    )
+    return quantized, report
+
+
+def rtn_quantize_model(
+    model: nn.Module, *, bits: int = 4, group_size: int | None = None, sym: bool = False
+) -> nn.Module:
+    """Return a copy of ``model`` whose decoder linear weights are :func:`rtn_quantize`-d.
+
+    The RTN rows of the chapter's perplexity table (the reference's ``--nearest``); ``model``
+    is left untouched. Frantar et al. 2023, §5. Taught in notebooks/05_gptq.ipynb.
+    """
+    from qlearn.models import get_weight, linear_layers, set_weight_
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    bits = check_bits(bits, low=2, high=8)
+    _check_bool(sym, "sym")
+    for name, layer in linear_layers(model):
+        if group_size is not None:
+            _check_group_size(group_size, get_weight(layer).shape[1], f"group_size ({name})")
+    quantized = copy.deepcopy(model)
+    for _, layer in linear_layers(quantized):
+        weight = get_weight(layer).detach()
+        set_weight_(layer, rtn_quantize(weight, bits=bits, group_size=group_size, sym=sym).weight)
+    return quantized
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: the algorithm
+# --------------------------------------------------------------------------------------------
+
+
+def _fit(x: torch.Tensor, maxq: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero of each row of ``x`` [rows, k]: the reference's min/max quantizer.
+
+    The range is [min(x, 0), max(x, 0)]; symmetric makes it [−m, m] with m = max|x| (only for
+    rows that have a negative value, as the reference does) and puts the zero in the middle;
+    an all-zero row gets the range [−1, 1]. Zeros stay floats (integers in [0, maxq]).
+    """
+    xmin = x.amin(dim=1).clamp(max=0)
+    xmax = x.amax(dim=1).clamp(min=0)
+    if sym:
+        xmax = torch.maximum(-xmin, xmax)
+        xmin = torch.where(xmin < 0, -xmax, xmin)
+    empty = (xmin == 0) & (xmax == 0)
+    xmin = torch.where(empty, -1.0, xmin)
+    xmax = torch.where(empty, 1.0, xmax)
+    scale = (xmax - xmin) / maxq
+    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
+    return scale, zero
+
+
+def _fit_groups(
+    W: torch.Tensor, group_size: int, maxq: int, sym: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero [rows, n_groups] of every group of ``group_size`` consecutive columns
+    (the last group is shorter when ``group_size`` does not divide the columns)."""
+    rows, columns = W.shape
+    full = columns - columns % group_size
+    parts = []
+    if full:
+        Wg = W[:, :full].reshape(rows, full // group_size, group_size)
+        s, z = _fit(Wg.reshape(-1, group_size), maxq, sym)
+        parts.append((s.reshape(rows, -1), z.reshape(rows, -1)))
+    if full < columns:
+        s, z = _fit(W[:, full:], maxq, sym)
+        parts.append((s[:, None], z[:, None]))
+    return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)
+
+
+def _codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """clamp(round(w / scale) + zero, 0, maxq), as floats (the reference's ``quantize``)."""
+    return torch.round(w / scale).add_(zero).clamp_(0, maxq)
+
+
+def _upper_cholesky_of_inverse(H: torch.Tensor) -> torch.Tensor:
+    """U with UᵀU = H⁻¹ (upper triangular): its row q holds [H_F⁻¹]_q,: / sqrt([H_F⁻¹]_qq)
+    for F = the columns from q on (§4 step 3, eq. 5)."""
+    try:
+        L = torch.linalg.cholesky(H)
+        return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    except torch.linalg.LinAlgError as error:
+        raise ValueError(
+            "hessian: expected a positive semi-definite matrix (H = 2XXᵀ/N), but it is not "
+            "positive definite even after damping; check it, or raise percdamp"
+        ) from error
+
+
+def _gptq_columns(
+    W: torch.Tensor,
+    Hinv: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    g_idx: torch.Tensor,
+    maxq: int,
+    sym: bool,
+    group_size: int | None,
+    static_groups: bool,
+    block_size: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1 on W (in quantization order): return (Q, codes, Err), all [rows, columns].
+
+    Works on transposed copies, so that a column of W is a contiguous row in memory; every
+    operation covers all rows at once and the only Python loop runs over columns. Fills
+    ``scales`` / ``zeros`` in place when groups are refitted (not static).
+    """
+    columns = W.shape[1]
+    groups = g_idx.tolist()
+    WT = W.T.contiguous()  # WT[j] is column j of W
+    QT = torch.empty_like(WT)
+    codesT = torch.empty_like(WT)
+    ErrT = torch.empty_like(WT)
+    scale, zero = scales[:, 0], zeros[:, 0]
+    refit = group_size is not None and not static_groups
+    for i1 in range(0, columns, block_size):
+        i2 = min(i1 + block_size, columns)
+        W1 = WT[i1:i2].clone()  # this block's columns, updated in place as they go
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        diag = Hinv1.diagonal().tolist()
+        for i in range(i2 - i1):
+            j = i1 + i
+            if refit and j % group_size == 0:
+                # The reference refits on W as updated by the blocks before this one (the
+                # in-block updates of W1 are not in W yet when a group starts inside a block).
+                scale, zero = _fit(WT[j : j + group_size].T, maxq, sym)
+                scales[:, j // group_size], zeros[:, j // group_size] = scale, zero
+            elif not refit and group_size is not None:
+                scale, zero = scales[:, groups[j]], zeros[:, groups[j]]
+            w, q, err1 = W1[i], QT[j], ErrT[j]  # views: the results land in place
+            torch.div(w, scale, out=codesT[j]).round_().add_(zero).clamp_(0, maxq)
+            torch.sub(codesT[j], zero, out=q).mul_(scale)  # q = scale · (code − zero)
+            torch.sub(w, q, out=err1).div_(diag[i])  # (w − q) / [H_F⁻¹]_qq, Cholesky form
+            # Line 8 of Algorithm 1 within the block: W[:, i:] −= err ⊗ Hinv[i, i:]
+            W1[i:] -= torch.outer(Hinv1[i, i:], err1)
+        # Line 10: the lazy update of every column after the block, one matrix product.
+        WT[i2:].addmm_(Hinv[i1:i2, i2:].T, ErrT[i1:i2], alpha=-1)
+    return QT.T, codesT.T, ErrT.T
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the column loop on one intra-op thread, then restore the thread count.
+
+    Its operations touch at most block_size × rows values: too small to share between
+    threads, and on a busy CPU the waits between them made the loop up to 50× slower
+    (DESIGN.md §3; benchmarks/bench_gptq.py).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers: the sequential procedure over a model
+# --------------------------------------------------------------------------------------------
+
+
+def _linears_of(block: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The linear layers (``nn.Linear``, GPT-2 ``Conv1D``) inside one decoder block, by name."""
+    from qlearn.models import _is_linear
+
+    return [(name, module) for name, module in block.named_modules() if _is_linear(module)]
+
+
+class _StopForwardError(Exception):
+    """Raised by the hook on the first decoder layer once it has caught its inputs."""
+
+
+def _first_layer_inputs(
+    model: nn.Module, first: nn.Module, batches: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+    """Run the model up to its first decoder layer for each batch: return the hidden states
+    that enter it and the other arguments the model passes it (the reference's ``Catcher``)."""
+    inputs: list[torch.Tensor] = []
+    extra: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def catch(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if args:
+            hidden, rest = args[0], args[1:]
+        else:
+            kwargs = dict(kwargs)
+            hidden, rest = kwargs.pop("hidden_states"), ()
+        inputs.append(hidden)
+        extra.append((tuple(rest), dict(kwargs)))
+        raise _StopForwardError
+
+    device = next(model.parameters()).device
+    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for batch in batches:
+            with contextlib.suppress(_StopForwardError):
+                model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        handle.remove()
+    return inputs, extra
+
+
+def _block_hessians(
+    block: nn.Module,
+    linears: list[tuple[str, nn.Module]],
+    inputs: list[torch.Tensor],
+    extra_args: list[tuple[tuple[Any, ...], dict[str, Any]]],
+) -> list[tuple[list[str], torch.Tensor]]:
+    """Run the block on every batch with pre-hooks on its linear layers; return their H, as
+    ``[(names of the layers fed the same input, their H), ...]`` in the order of the calls.
+
+    Layers fed the very same tensor (q, k and v; gate and up) share one accumulator, so each
+    Hessian is computed once per distinct input (the reference computes equal copies). The
+    pass stops as soon as every linear layer has received its input: the rest of the block
+    (the last layer's product, the residual) is not needed here.
+    """
+    names = [name for name, _ in linears]
+    seen: dict[str, torch.Tensor] = {}
+    owner: dict[str, str] = {}  # layer name → the layer whose accumulator it shares
+    accumulators: dict[str, HessianAccumulator] = {}
+
+    def catch(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0]
+            if name not in owner:  # first batch: share with an earlier layer fed the same x
+                leader = next((n for n, seen_x in seen.items() if seen_x is x), name)
+                owner[name] = leader
+                if leader == name:
+                    accumulators[name] = HessianAccumulator(x.shape[-1])
+            if owner[name] == name:
+                accumulators[name].add_batch(x)
+            elif seen.get(owner[name]) is not x:
+                raise RuntimeError(f"{name}: its input changed from sharing {owner[name]}'s")
+            seen[name] = x
+            if len(seen) == len(names):
+                raise _StopForwardError
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(catch(name)) for name, layer in linears]
+    try:
+        for x, (args, kwargs) in zip(inputs, extra_args, strict=True):
+            seen.clear()
+            with contextlib.suppress(_StopForwardError):
+                block(x, *args, **kwargs)
+            missing = [name for name in names if name not in seen]
+            if missing:
+                raise ValueError(f"model: the linear layers {missing} of a block were not called")
+        seen.clear()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [
+        ([name for name in names if owner[name] == leader], accumulator.hessian)
+        for leader, accumulator in accumulators.items()
+    ]
+
+
+def _errors(W: torch.Tensor, quantized: tuple[torch.Tensor, ...], H: torch.Tensor) -> list[float]:
+    """:func:`layer_error` of several quantized versions of W in one float32 product: for the
+    report, three significant digits are plenty and float64 would double its cost."""
+    deltas = torch.stack([W.float() - Q.float() for Q in quantized])  # [k, out, in]
+    return [float(e) / 2 for e in ((deltas @ H.float()) * deltas).sum(dim=(1, 2))]
+
+
+def _block_output(output: Any) -> torch.Tensor:
+    """A decoder layer's hidden states: the output itself, or the first item of a tuple."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _calibration_batches(
+    data: Any, tokenizer: Any, nsamples: int, seqlen: int, seed: int, batch_size: int
+) -> list[torch.Tensor]:
+    """Token batches [b, seqlen] for the forward passes (equal-length windows stacked)."""
+    if isinstance(data, str):
+        if tokenizer is None:
+            raise ValueError(
+                "tokenizer: expected a tokenizer to draw windows from the calibration text, "
+                "got None"
+            )
+        nsamples = check_int(nsamples, "nsamples", minimum=1)
+        seqlen = check_int(seqlen, "seqlen", minimum=2)
+        seed = check_int(seed, "seed")
+        windows = calibration_windows(tokenizer, data, n_samples=nsamples, seqlen=seqlen, seed=seed)
+        return list(windows.split(batch_size))
+    batches: list[torch.Tensor] = []
+    for batch in token_batches(data, tokenizer):
+        last = batches[-1] if batches else None
+        if (
+            last is not None
+            and last.shape[1] == batch.shape[1]
+            and last.shape[0] + batch.shape[0] <= batch_size
+        ):
+            batches[-1] = torch.cat([last, batch])
+        else:
+            batches.append(batch)
+    return batches
+
+
+def _check_weight(weight: Any, bits: Any, group_size: Any) -> None:
+    check_float_tensor(weight, "weight", ndim=2)
+    check_bits(bits, low=2, high=8)
+    _check_group_size(group_size, weight.shape[1])
+
+
+def _check_group_size(group_size: Any, columns: int, name: str = "group_size") -> None:
+    """None, or a group size from 1 to ``columns``; it need not divide ``columns``: the last
+    group is then shorter, as in the reference (groups of 128 on 576 inputs: 4 × 128 + 64)."""
+    if group_size is None:
+        return
+    group_size = check_int(group_size, name, minimum=1)
+    if group_size > columns:
+        raise ValueError(
+            f"{name}: expected at most the number of input columns ({columns}), got {group_size}"
+        )
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+    return value
