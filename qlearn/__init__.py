@@ -9,6 +9,8 @@ One module per concept, in course order:
 - :mod:`qlearn.gptq`     — GPTQ: inverse-Hessian error feedback, layer by layer. Chapter 05.
 - :mod:`qlearn.gguf`     — GGUF blocks (Q8_0…Q5_1) and k-quants (Q2_K…Q6_K), byte-identical to
   llama.cpp; GGUF files. Chapter 06.
+- :mod:`qlearn.qat`      — fake quantization with a straight-through estimator. Chapter 07.
+- :mod:`qlearn.bitnet`   — BitNet 1-bit and b1.58: BitLinear, ternary packing. Chapter 07.
 - :mod:`qlearn.models`   — the default model, walking linear layers, footprint.
 - :mod:`qlearn.evaluate` — perplexity and greedy generation.
 - :mod:`qlearn.plot`     — weight histograms and the course's other figures.
