@@ -11,6 +11,8 @@ One module per concept, in course order:
   llama.cpp; GGUF files. Chapter 06.
 - :mod:`qlearn.qat`      — fake quantization with a straight-through estimator. Chapter 07.
 - :mod:`qlearn.bitnet`   — BitNet 1-bit and b1.58: BitLinear, ternary packing. Chapter 07.
+- :mod:`qlearn.awq`      — AWQ: activation-aware scales folded into the model. Chapter 08.
+- :mod:`qlearn.nf4`      — NF4 and FP4 with double quantization (bitsandbytes). Chapter 08.
 - :mod:`qlearn.models`   — the default model, walking linear layers, footprint.
 - :mod:`qlearn.evaluate` — perplexity and greedy generation.
 - :mod:`qlearn.plot`     — weight histograms and the course's other figures.

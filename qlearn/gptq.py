@@ -40,9 +40,15 @@ from typing import Any, Final
 import torch
 from torch import nn
 
-from qlearn._checks import check_bits, check_float_tensor, check_int, check_positive
+from qlearn._checks import check_bits, check_bool, check_float_tensor, check_int, check_positive
 from qlearn._progress import progress_bar
-from qlearn.data import calibration_windows, token_batches
+from qlearn._sequential import (
+    StopForwardError,
+    calibration_batches,
+    first_layer_inputs,
+    linears_of,
+    main_output,
+)
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -194,9 +200,9 @@ def gptq_quantize(
             f"columns, got {tuple(hessian.shape)}"
         )
     sym, act_order, static_groups = (
-        _check_bool(sym, "sym"),
-        _check_bool(act_order, "act_order"),
-        _check_bool(static_groups, "static_groups"),
+        check_bool(sym, "sym"),
+        check_bool(act_order, "act_order"),
+        check_bool(static_groups, "static_groups"),
     )
     if static_groups and group_size is None:
         raise ValueError("static_groups: expected False without a group_size, got True")
@@ -275,7 +281,7 @@ def rtn_quantize(
     Dettmers et al. 2022 for RTN). Taught in notebooks/05_gptq.ipynb.
     """
     _check_weight(weight, bits, group_size)
-    sym = _check_bool(sym, "sym")
+    sym = check_bool(sym, "sym")
     columns = weight.shape[1]
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     maxq = 2**bits - 1
@@ -421,13 +427,13 @@ def gptq_quantize_model(
         if group_size is not None:
             _check_group_size(group_size, weight.shape[1], name=f"group_size (layer {name})")
     for name, value in (("sym", sym), ("act_order", act_order), ("static_groups", static_groups)):
-        _check_bool(value, name)
+        check_bool(value, name)
     if static_groups and group_size is None:
         raise ValueError("static_groups: expected False without a group_size, got True")
     check_int(block_size, "block_size", minimum=1)
     check_positive(percdamp, "percdamp", strict=False)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
-    batches = _calibration_batches(calibration_texts, tokenizer, nsamples, seqlen, seed, batch_size)
+    batches = calibration_batches(calibration_texts, tokenizer, nsamples, seqlen, seed, batch_size)
 
     quantized = copy.deepcopy(model)
     was_training = quantized.training
@@ -437,11 +443,11 @@ def gptq_quantize_model(
     gptq_seconds = 0.0
     try:
         with torch.no_grad():
-            inputs, extra_args = _first_layer_inputs(quantized, blocks[0], batches)
+            inputs, extra_args = first_layer_inputs(quantized, blocks[0], batches)
             for index, block in enumerate(
                 progress_bar(blocks, desc=f"GPTQ {bits}-bit", total=len(blocks), progress=progress)
             ):
-                linears = dict(_linears_of(block))
+                linears = dict(linears_of(block))
                 found: dict[str, LayerReport] = {}
                 # Layers fed the same input (q, k, v; gate, up) share H: GPTQ runs once on
                 # their stacked rows, which gives each the same weights as alone (rows are
@@ -480,7 +486,7 @@ def gptq_quantize_model(
                         set_weight_(linears[name], Q)
                 rows.extend(found[name] for name in linears)  # in model order
                 inputs = [
-                    _block_output(block(x, *args, **kwargs))
+                    main_output(block(x, *args, **kwargs))
                     for x, (args, kwargs) in zip(inputs, extra_args, strict=True)
                 ]
     finally:
@@ -518,7 +524,7 @@ def rtn_quantize_model(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     bits = check_bits(bits, low=2, high=8)
-    _check_bool(sym, "sym")
+    check_bool(sym, "sym")
     for name, layer in linear_layers(model):
         if group_size is not None:
             _check_group_size(group_size, get_weight(layer).shape[1], f"group_size ({name})")
@@ -662,46 +668,6 @@ def _one_thread() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
-def _linears_of(block: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The linear layers (``nn.Linear``, GPT-2 ``Conv1D``) inside one decoder block, by name."""
-    from qlearn.models import _is_linear
-
-    return [(name, module) for name, module in block.named_modules() if _is_linear(module)]
-
-
-class _StopForwardError(Exception):
-    """Raised by the hook on the first decoder layer once it has caught its inputs."""
-
-
-def _first_layer_inputs(
-    model: nn.Module, first: nn.Module, batches: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], list[tuple[tuple[Any, ...], dict[str, Any]]]]:
-    """Run the model up to its first decoder layer for each batch: return the hidden states
-    that enter it and the other arguments the model passes it (the reference's ``Catcher``)."""
-    inputs: list[torch.Tensor] = []
-    extra: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-
-    def catch(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if args:
-            hidden, rest = args[0], args[1:]
-        else:
-            kwargs = dict(kwargs)
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        inputs.append(hidden)
-        extra.append((tuple(rest), dict(kwargs)))
-        raise _StopForwardError
-
-    device = next(model.parameters()).device
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for batch in batches:
-            with contextlib.suppress(_StopForwardError):
-                model(input_ids=batch.to(device), use_cache=False)
-    finally:
-        handle.remove()
-    return inputs, extra
-
-
 def _block_hessians(
     block: nn.Module,
     linears: list[tuple[str, nn.Module]],
@@ -735,7 +701,7 @@ def _block_hessians(
                 raise RuntimeError(f"{name}: its input changed from sharing {owner[name]}'s")
             seen[name] = x
             if len(seen) == len(names):
-                raise _StopForwardError
+                raise StopForwardError
 
         return hook
 
@@ -743,7 +709,7 @@ def _block_hessians(
     try:
         for x, (args, kwargs) in zip(inputs, extra_args, strict=True):
             seen.clear()
-            with contextlib.suppress(_StopForwardError):
+            with contextlib.suppress(StopForwardError):
                 block(x, *args, **kwargs)
             missing = [name for name in names if name not in seen]
             if missing:
@@ -765,40 +731,6 @@ def _errors(W: torch.Tensor, quantized: tuple[torch.Tensor, ...], H: torch.Tenso
     return [float(e) / 2 for e in ((deltas @ H.float()) * deltas).sum(dim=(1, 2))]
 
 
-def _block_output(output: Any) -> torch.Tensor:
-    """A decoder layer's hidden states: the output itself, or the first item of a tuple."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _calibration_batches(
-    data: Any, tokenizer: Any, nsamples: int, seqlen: int, seed: int, batch_size: int
-) -> list[torch.Tensor]:
-    """Token batches [b, seqlen] for the forward passes (equal-length windows stacked)."""
-    if isinstance(data, str):
-        if tokenizer is None:
-            raise ValueError(
-                "tokenizer: expected a tokenizer to draw windows from the calibration text, "
-                "got None"
-            )
-        nsamples = check_int(nsamples, "nsamples", minimum=1)
-        seqlen = check_int(seqlen, "seqlen", minimum=2)
-        seed = check_int(seed, "seed")
-        windows = calibration_windows(tokenizer, data, n_samples=nsamples, seqlen=seqlen, seed=seed)
-        return list(windows.split(batch_size))
-    batches: list[torch.Tensor] = []
-    for batch in token_batches(data, tokenizer):
-        last = batches[-1] if batches else None
-        if (
-            last is not None
-            and last.shape[1] == batch.shape[1]
-            and last.shape[0] + batch.shape[0] <= batch_size
-        ):
-            batches[-1] = torch.cat([last, batch])
-        else:
-            batches.append(batch)
-    return batches
-
-
 def _check_weight(weight: Any, bits: Any, group_size: Any) -> None:
     check_float_tensor(weight, "weight", ndim=2)
     check_bits(bits, low=2, high=8)
@@ -815,9 +747,3 @@ def _check_group_size(group_size: Any, columns: int, name: str = "group_size") -
         raise ValueError(
             f"{name}: expected at most the number of input columns ({columns}), got {group_size}"
         )
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
-    return value
