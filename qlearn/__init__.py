@@ -18,6 +18,7 @@ One module per concept, in course order:
 - :mod:`qlearn.plot`     — weight histograms and the course's other figures.
 - :mod:`qlearn.data`     — the course's texts and calibration windows.
 - :mod:`qlearn.widgets`  — interactive explorers (ipywidgets) over tested functions.
+- :mod:`qlearn.exercises` — the checks of every chapter's exercises.
 
 Import the modules you need (``from qlearn import affine``); nothing heavy is imported here.
 """

@@ -227,7 +227,7 @@ def unpack_ternary(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`pack_ternary`: int8 codes of ``shape`` from the packed bytes.
 
     Digit k of a byte b is (b // 3^k) % 3. Raises if ``packed`` is not the uint8 tensor of shape
-    [ceil(shape[0] / 5), *shape[1:]] that :func:`pack_ternary` makes, or holds a byte above 242.
+    ``[ceil(shape[0] / 5), *shape[1:]]`` that :func:`pack_ternary` makes, or holds a byte above 242.
     Taught in notebooks/07_qat_bitnet.ipynb.
     """
     shape = _check_packed(packed, shape, TRITS_PER_BYTE)
@@ -254,7 +254,7 @@ def pack_ternary_2bit(codes: torch.Tensor) -> torch.Tensor:
 def unpack_ternary_2bit(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`pack_ternary_2bit`: int8 codes of ``shape`` from the packed bytes.
 
-    Raises if ``packed`` is not uint8 of shape [ceil(shape[0] / 4), *shape[1:]], or if a 2-bit
+    Raises if ``packed`` is not uint8 of shape ``[ceil(shape[0] / 4), *shape[1:]]``, or if a 2-bit
     field holds 3 (not a code). Taught in notebooks/07_qat_bitnet.ipynb.
     """
     shape = _check_packed(packed, shape, CODES_PER_BYTE_2BIT)
