@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qlearn._checks import check_bits, check_choice, check_float_tensor, check_int
+from qlearn._checks import check_bits, check_bool, check_choice, check_float_tensor, check_int
 from qlearn._progress import progress_bar
 from qlearn.affine import ABSMAX, ZEROPOINT, QuantizedTensor, fake_quantize, quantize_in_range
 from qlearn.data import token_batches
@@ -377,7 +377,7 @@ def observe_inputs(
     from qlearn.models import linear_layers
 
     _check_model(model)
-    histogram = _check_bool(histogram, "histogram")
+    histogram = check_bool(histogram, "histogram")
     num_bins = _check_num_bins(num_bins)
     batches = token_batches(texts_or_batches, tokenizer)
     layers = list(linear_layers(model))
@@ -465,7 +465,7 @@ def quantize_activations(
     _check_model(model)
     mode = check_choice(mode, "mode", MODES)
     bits = check_bits(bits, low=2, high=_MAX_BITS)
-    symmetric = _check_bool(symmetric, "symmetric")
+    symmetric = check_bool(symmetric, "symmetric")
     layers = list(linear_layers(model))
     if mode == "static":
         ranges = _check_ranges(ranges, [name for name, _ in layers], symmetric)
@@ -495,7 +495,7 @@ def _check_range_args(
 ) -> tuple[str, int, bool, float, int]:
     method = check_choice(method, "method", METHODS)
     bits = check_bits(bits, low=2, high=_MAX_BITS)
-    symmetric = _check_bool(symmetric, "symmetric")
+    symmetric = check_bool(symmetric, "symmetric")
     if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real):
         raise TypeError(f"percentile: expected a number, got {percentile!r}")
     if not 0 < percentile <= 100:  # also rejects NaN
@@ -516,12 +516,6 @@ def _check_num_bins(num_bins: Any) -> int:
     return num_bins
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
-    return bool(value)
-
-
 def _check_real(value: Any, name: str) -> float:
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
         value = value.item()
@@ -538,7 +532,7 @@ def _check_lo_hi(lo: Any, hi: Any, symmetric: Any, name: str = "lo") -> tuple[fl
         raise ValueError(f"{name}: expected a number below hi ({hi}), got {lo}")
     if symmetric is None:
         symmetric = lo == -hi
-    symmetric = _check_bool(symmetric, "symmetric")
+    symmetric = check_bool(symmetric, "symmetric")
     if symmetric and lo != -hi:
         raise ValueError(
             f"{name}: expected -hi ({-hi}) for a symmetric range (absmax), got {lo}; "

@@ -216,10 +216,7 @@ def gptq_quantize(
         H = hessian.detach().to(dtype, copy=True)
         # Per-row parameters on the original weights (the reference fits them before zeroing).
         scale, zero = _fit(W, maxq, sym)
-        # Inputs that are always 0 carry no information: H_ii = 1 keeps H invertible.
-        dead = H.diagonal() == 0
-        H[dead, dead] = 1
-        W[:, dead] = 0
+        _drop_dead_inputs_(W, H)
         if group_size is None:
             scales, zeros = scale[:, None], zero[:, None]
         elif static_groups:  # every group fitted on the original weights, in column order
@@ -241,9 +238,7 @@ def gptq_quantize(
         else:
             g_idx_q = torch.arange(columns) // group_size
 
-        damp = percdamp * torch.diag(H).mean()  # a contiguous copy: the reference's sum order
-        H.diagonal().add_(damp)
-        Hinv = _upper_cholesky_of_inverse(H)
+        Hinv = _damped_inverse_factor_(H, percdamp)
 
         with _one_thread():
             Q, codes, Err = _gptq_columns(
@@ -581,6 +576,22 @@ def _fit_groups(
 def _codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
     """clamp(round(w / scale) + zero, 0, maxq), as floats (the reference's ``quantize``)."""
     return torch.round(w / scale).add_(zero).clamp_(0, maxq)
+
+
+def _drop_dead_inputs_(W: torch.Tensor, H: torch.Tensor) -> None:
+    """Inputs that are always 0 (H_ii = 0) carry no information: set H_ii = 1, which keeps H
+    invertible, and zero their weight column (the reference's ``dead``). In place."""
+    dead = H.diagonal() == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+
+def _damped_inverse_factor_(H: torch.Tensor, percdamp: float) -> torch.Tensor:
+    """Add ``percdamp`` · mean(diag H) to diag H (in place), then return the upper Cholesky
+    factor of its inverse (§4 step 3)."""
+    damp = percdamp * torch.diag(H).mean()  # a contiguous copy: the reference's sum order
+    H.diagonal().add_(damp)
+    return _upper_cholesky_of_inverse(H)
 
 
 def _upper_cholesky_of_inverse(H: torch.Tensor) -> torch.Tensor:

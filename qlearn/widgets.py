@@ -348,12 +348,8 @@ def gptq_step(
         W = original.clone()
         H = hessian.detach().to(dtype, copy=True)
         scale, zero = gptq._fit(W, maxq, sym)  # one scale and zero per row, as GPTQ fits them
-        dead = H.diagonal() == 0  # inputs that never fire: H_ii = 1, weight 0
-        H[dead, dead] = 1
-        W[:, dead] = 0
-        damp = percdamp * torch.diag(H).mean()
-        H.diagonal().add_(damp)
-        Hinv = gptq._upper_cholesky_of_inverse(H)  # row q: (H_F⁻¹)_q,: / sqrt([H_F⁻¹]_qq)
+        gptq._drop_dead_inputs_(W, H)  # inputs that never fire: H_ii = 1, weight 0
+        Hinv = gptq._damped_inverse_factor_(H, percdamp)  # row q: (H_F⁻¹)_q,: / √[H_F⁻¹]_qq
         codes = torch.empty(W.shape[0], column + 1, dtype=dtype)
         error = torch.empty_like(codes)
         spread = torch.zeros_like(W)
