@@ -10,9 +10,10 @@ course's model runs, N(0, 1) with two outlier dimensions (×20), so the 16-bit p
   quantized by ``.to("cpu")``; it casts float32 inputs to fp16 to quantize them;
 - ``FP32``: ``torch.nn.functional.linear`` with the original weight.
 
-Both int8 layers use ``torch._int_mm`` on an AVX-512 CPU (bitsandbytes registers it only there;
-elsewhere it multiplies in fp32). Run with qlearn installed (`make bench`) or from the
-repository root as `PYTHONPATH=. python benchmarks/bench_int8.py`.
+On a CPU qlearn multiplies the int8 codes as float64 (exact int32 sums; ``torch._int_mm`` is
+many times slower without VNNI); bitsandbytes uses ``torch._int_mm`` on an AVX-512 CPU (it
+registers it only there; elsewhere it multiplies in fp32). Run with qlearn installed
+(`make bench`) or from the repository root as `PYTHONPATH=. python benchmarks/bench_int8.py`.
 """
 
 from __future__ import annotations

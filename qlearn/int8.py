@@ -456,10 +456,11 @@ def _int8_matmul(
 ) -> torch.Tensor:
     """A [m, k] int8 · B [n, k]ᵀ int8 → [m, n] int32, exactly.
 
-    ``torch._int_mm`` where it is exact and allowed (see :func:`_int_mm_allowed`), on operands
-    with row-major strides: its CPU kernel reads the leading dimensions from the strides, which
-    are arbitrary on a size-1 dimension, and then silently returns garbage (pytorch/pytorch
-    #195066). Otherwise float64, which holds every sum exactly (|sum| ≤ k · 127² < 2^53).
+    ``torch._int_mm`` where it is exact and worth it (see :func:`_int_mm_allowed`: CUDA), on
+    operands with row-major strides: its CPU kernel reads the leading dimensions from the
+    strides, which are arbitrary on a size-1 dimension, and then silently returns garbage
+    (pytorch/pytorch #195066). Otherwise float64, which holds every sum exactly
+    (|sum| ≤ k · 127² < 2^53): the same int32 result, by the BLAS that every CPU has fast.
     """
     if use_int_mm is None:
         use_int_mm = _int_mm_allowed(A, B)
@@ -469,17 +470,18 @@ def _int8_matmul(
 
 
 def _int_mm_allowed(A: torch.Tensor, B: torch.Tensor) -> bool:
-    """Whether ``torch._int_mm(A, B.T)`` gives the exact product.
+    """Whether :func:`_int8_matmul` takes ``torch._int_mm(A, B.T)`` by default.
 
-    CPU: from torch 2.6 (2.4–2.5 could overflow without AVX512-VNNI, pytorch/pytorch#136942);
-    torch 2.13 takes any m, n and k ≥ 2, but k = 1 gives garbage (Bᵀ is [1, n] with strides
-    (1, 1), the case of #195066). CUDA: m > 16 and k, n multiples of 8.
+    CUDA: m > 16 and k, n multiples of 8. Not on a CPU, where it is exact from torch 2.6 (2.4–2.5
+    could overflow without AVX512-VNNI, pytorch/pytorch#136942; torch 2.13 takes any m, n and
+    k ≥ 2, but k = 1 gives garbage, the case of #195066) but slow without VNNI: 14× slower than
+    the float64 product on a 1024 × 1536 by 1536 × 576 int8 matmul on an AVX2 CPU (2 threads),
+    which made chapter 04's perplexities take minutes. Both give the same exact int32 sums.
+    Chapter 10 times the real int8 kernels.
     """
     if not hasattr(torch, "_int_mm"):
         return False
     (m, k), n = A.shape, B.shape[0]
-    if A.device.type == "cpu":
-        return k > 1 and _torch_at_least(2, 6)
     if A.device.type == "cuda":
         return m > 16 and k % 8 == 0 and n % 8 == 0
     return False
@@ -490,11 +492,6 @@ def _row_major(t: torch.Tensor) -> torch.Tensor:
     if t.stride() == (t.shape[1], 1):
         return t
     return t.clone(memory_format=torch.contiguous_format)
-
-
-def _torch_at_least(major: int, minor: int) -> bool:
-    found = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
-    return found >= (major, minor)
 
 
 def _no_columns(device: torch.device | str = "cpu") -> torch.Tensor:
