@@ -35,6 +35,7 @@ __all__ = [
     "get_weight",
     "linear_layers",
     "load_model",
+    "model_cache_dir",
     "model_footprint",
     "set_weight_",
 ]
@@ -82,24 +83,60 @@ def load_model(
 
     ``name`` is :data:`DEFAULT_MODEL` (the GGUF inside the installed wheel, checked against its
     SHA-256, fully offline), a path to a ``.gguf`` file, or anything ``transformers`` accepts
-    (a hub id such as ``"gpt2"`` for learners who are online, or a local folder).
+    (a hub id such as ``"gpt2"`` for learners who are online, or a local folder). The default
+    model is converted from GGUF on its first load and kept, as safetensors, in
+    :func:`model_cache_dir`: later loads take seconds instead of 15–40.
     Used by every notebook; see notebooks/02_absmax_zeropoint.ipynb.
     """
     if not isinstance(name, str) or not name:
         raise TypeError(f"name: expected a model name or path (str), got {name!r}")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     kwargs: dict[str, object] = {}
     source = name
     if name == DEFAULT_MODEL:
         path = default_gguf_path()
         _verify_sha256(path)
+        cached = _converted_copy(path)
+        if cached is not None:
+            return _load_pretrained(str(cached), {}, dtype, device)
         source, kwargs = str(path.parent), {"gguf_file": path.name}
     elif name.endswith(".gguf"):
         path = Path(name)
         if not path.is_file():
             raise FileNotFoundError(f"name: no GGUF file at {path}")
         source, kwargs = str(path.parent), {"gguf_file": path.name}
+    model, tokenizer = _load_pretrained(source, kwargs, dtype, device)
+    if name == DEFAULT_MODEL:
+        _save_converted_copy(path, model, tokenizer)
+    return model, tokenizer
+
+
+def model_cache_dir() -> Path | None:
+    """The folder where :func:`load_model` keeps the default model converted from GGUF.
+
+    Reading the GGUF file takes transformers 15–40 s (it parses the tokenizer and the config
+    from the file three times, then dequantizes every tensor); the same FP32 weights, config and
+    tokenizer saved once with ``save_pretrained`` (safetensors) load in a few seconds, and
+    give the same model bit for bit (tests/test_models.py checks it). ``$QLEARN_CACHE`` names
+    the folder (``0`` or ``off`` turns the copy off); the default is ``qlearn`` under
+    ``$XDG_CACHE_HOME`` (``~/.cache``). The copy is about 540 MB, keyed by the GGUF file's
+    SHA-256 and the transformers version, so a new release of either makes a new one.
+    """
+    import os
+
+    setting = os.environ.get("QLEARN_CACHE", "")
+    if setting.strip().lower() in {"0", "off", "false", "no"}:
+        return None
+    if setting:
+        return Path(setting).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "qlearn"
+
+
+def _load_pretrained(
+    source: str, kwargs: dict[str, object], dtype: torch.dtype, device: str
+) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
@@ -108,6 +145,54 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
+
+
+def _converted_copy_path(gguf: Path) -> Path | None:
+    import transformers
+
+    cache = model_cache_dir()
+    if cache is None:
+        return None
+    return (
+        cache
+        / f"{DEFAULT_MODEL}-{DEFAULT_GGUF_SHA256[:16]}-transformers-{transformers.__version__}"
+    )
+
+
+def _converted_copy(gguf: Path) -> Path | None:
+    """The folder of the converted default model, if a complete one exists."""
+    folder = _converted_copy_path(gguf)
+    if folder is None or not (folder / _COMPLETE).is_file():
+        return None
+    return folder
+
+
+_COMPLETE = "qlearn-complete"
+
+
+def _save_converted_copy(gguf: Path, model: nn.Module, tokenizer: object) -> None:
+    """Save the FP32 model and its tokenizer for the next :func:`load_model` (best effort)."""
+    import shutil
+    import tempfile
+
+    folder = _converted_copy_path(gguf)
+    if folder is None or next(model.parameters()).dtype != torch.float32:
+        return
+    staging = None
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=folder.parent))
+        with _quiet_transformers():  # no "Writing model shards" bar in a notebook's output
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        (staging / _COMPLETE).write_text(f"converted from {gguf.name}\n", encoding="utf-8")
+        if folder.exists():  # another process finished first: keep its copy
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            staging.rename(folder)
+    except OSError:  # a read-only or full disk: the course still runs, only slower
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

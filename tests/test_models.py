@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,43 @@ def test_default_model_weights_sit_on_the_q4_1_grid(default_model):
     blocks = models.get_weight(layer).detach().reshape(-1, 32)
     levels = torch.tensor([row.unique().numel() for row in blocks[:500]])
     assert int(levels.max()) <= 16
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("off", None), ("0", None), ("/tmp/qlearn-models", Path("/tmp/qlearn-models")), ("", "xdg")],
+)
+def test_model_cache_dir_follows_qlearn_cache(setting, expected, monkeypatch, tmp_path):
+    monkeypatch.setenv("QLEARN_CACHE", setting)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    found = models.model_cache_dir()
+    assert found == (tmp_path / "qlearn" if expected == "xdg" else expected)
+
+
+@pytest.mark.slow
+def test_the_converted_copy_is_the_gguf_model_bit_for_bit(tmp_path, monkeypatch):
+    """load_model() converts the GGUF once; the copy it loads later is the same model."""
+    monkeypatch.setenv("QLEARN_CACHE", str(tmp_path))
+    from_gguf, gguf_tokenizer = models.load_model()  # converts, then saves the copy
+    (folder,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert (folder / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial-")]
+    from_copy, copy_tokenizer = models.load_model()
+    assert models._converted_copy(models.default_gguf_path()) == folder
+
+    theirs, ours = from_gguf.state_dict(), from_copy.state_dict()
+    assert theirs.keys() == ours.keys()
+    for key in theirs:
+        assert torch.equal(theirs[key], ours[key]), key
+    assert from_copy.lm_head.weight.data_ptr() == from_copy.model.embed_tokens.weight.data_ptr()
+    assert from_gguf.config.to_diff_dict() == from_copy.config.to_diff_dict()
+    text = "It is a truth universally acknowledged — “that”, 1813.\n<|im_start|>user"
+    assert gguf_tokenizer(text).input_ids == copy_tokenizer(text).input_ids
+    assert (gguf_tokenizer.eos_token, gguf_tokenizer.pad_token, gguf_tokenizer.bos_token) == (
+        copy_tokenizer.eos_token,
+        copy_tokenizer.pad_token,
+        copy_tokenizer.bos_token,
+    )
+    ids = gguf_tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(from_gguf(ids).logits, from_copy(ids).logits)
