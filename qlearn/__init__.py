@@ -19,6 +19,7 @@ One module per concept, in course order:
 - :mod:`qlearn.data`     — the course's texts and calibration windows.
 - :mod:`qlearn.widgets`  — interactive explorers (ipywidgets) over tested functions.
 - :mod:`qlearn.exercises` — the checks of every chapter's exercises.
+- :mod:`qlearn.claims`   — what a notebook asserts about numbers that vary from CPU to CPU.
 
 Import the modules you need (``from qlearn import affine``); nothing heavy is imported here.
 """

@@ -34,6 +34,8 @@ def execute(path: Path) -> nbformat.NotebookNode:
     )
     client.execute()
     notebook.metadata.pop("widgets", None)
+    for cell in notebook.cells:  # timestamps left by an earlier run elsewhere: noise in a diff
+        cell.metadata.pop("execution", None)
     return notebook
 
 
