@@ -97,7 +97,9 @@ def load_model(
         _verify_sha256(path)
         cached = _converted_copy(path)
         if cached is not None:
-            return _load_pretrained(str(cached), {}, dtype, device)
+            model, tokenizer = _load_pretrained(str(cached), {}, dtype, device)
+            _forget_gguf_origin_(model)  # the same attributes as a model read from the GGUF
+            return model, tokenizer
         source, kwargs = str(path.parent), {"gguf_file": path.name}
     elif name.endswith(".gguf"):
         path = Path(name)
