@@ -39,10 +39,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
 from nbval.plugin import coalesce_streams, transform_streams_for_comparison
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from run_notebooks import execute_notebook  # noqa: E402  (the same execution as make course)
+
 SANITIZE = ROOT / "notebooks" / "sanitize.cfg"
 IGNORE_TAGS = {"nbval-ignore-output", "nbval-skip"}
 # nbval's own list of output keys it never compares (nbval.plugin.IPyNbFile.skip_compare).
@@ -121,25 +123,16 @@ def run_notebook(path: Path, threads: int, env: dict[str, str]) -> nbformat.Note
     for cell in notebook.cells:
         if cell.cell_type == "code" and THREADS_LINE.search(cell.source):
             cell.source = THREADS_LINE.sub(f"THREADS = {threads}", cell.source)
-    client = NotebookClient(
-        notebook,
-        timeout=900,
-        kernel_name="python3",
-        record_timing=False,
-        allow_errors=True,
-        resources={"metadata": {"path": str(path.parent)}},
-    )
     saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    os.environ.update(env)  # the kernel starts with this process's environment
     try:
-        client.execute()
+        return execute_notebook(notebook, path.parent, allow_errors=True)
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    return notebook
 
 
 def differing_cells(stored, fresh, patterns, *, show_ignored: bool) -> list[str]:

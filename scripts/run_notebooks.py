@@ -24,13 +24,20 @@ TIMEOUT_S = 900  # per cell
 
 def execute(path: Path) -> nbformat.NotebookNode:
     """Run ``path`` in a fresh kernel, with the notebooks folder as working directory."""
-    notebook = nbformat.read(path, as_version=4)
+    return execute_notebook(nbformat.read(path, as_version=4), path.parent)
+
+
+def execute_notebook(
+    notebook: nbformat.NotebookNode, folder: Path, *, allow_errors: bool = False
+) -> nbformat.NotebookNode:
+    """Run ``notebook`` (in place) in a fresh kernel started in ``folder``; return it."""
     client = NotebookClient(
         notebook,
         timeout=TIMEOUT_S,
         kernel_name="python3",
         record_timing=False,
-        resources={"metadata": {"path": str(path.parent)}},
+        allow_errors=allow_errors,
+        resources={"metadata": {"path": str(folder)}},
     )
     client.execute()
     notebook.metadata.pop("widgets", None)
