@@ -9,7 +9,7 @@ AWQ clips ([out, in]: o 576 × 576, v 192 × 576, gate/up 1536 × 576, down 576 
 to a multiple of 256 for the authors' batches, v raised to 256), 1024 tokens (512 sampled), 4 bits,
 groups of 64 (the authors' code needs a group size that divides 576).
 
-With ``--model``, also the wall time of ``awq_quantize_model`` on the default model (8 windows
+With ``--model``, also the wall time of ``awq.quantize_model`` on the default model (8 windows
 of 128 tokens of Emma, 4 bits, groups of 128, with clipping).
 
 Run with qlearn installed (`make bench`) or from the repository root as
@@ -59,7 +59,7 @@ def authors_auto_clip(w, input_feat, n_bit=4, group_size=64, n_grid=20, max_shri
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="store_true", help="also time awq_quantize_model")
+    parser.add_argument("--model", action="store_true", help="also time awq.quantize_model")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(
@@ -88,9 +88,9 @@ def main() -> None:
         model, tokenizer = load_model()
         windows = calibration_windows(tokenizer, load_text("emma"), n_samples=8, seqlen=128)
         started = time.perf_counter()
-        _, report = awq.awq_quantize_model(model, windows, progress=False)
+        _, report = awq.quantize_model(model, windows, progress=False)
         print(
-            f"awq_quantize_model, default model, {report.n_tokens} calibration tokens: "
+            f"awq.quantize_model, default model, {report.n_tokens} calibration tokens: "
             f"{time.perf_counter() - started:.1f} s"
         )
 

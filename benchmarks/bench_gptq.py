@@ -14,10 +14,11 @@
    The codes of all three agree (the share of equal codes is printed: float32 rounding may
    flip a rare tie); the ratios are plain / qlearn and no-lazy / qlearn.
 
-2. ``gptq_quantize_model`` on the default model at 4 bits, per channel, calibrated on 32
-   windows of 512 tokens of *Emma* (the DESIGN.md anchor setting): the wall time, split into
-   the time in ``gptq_quantize`` and the rest (forward passes and Hessians). The authors' code
-   took about 150 s for this on 2 cores (DESIGN.md §3). Skip it with ``--layers-only``.
+2. ``qlearn.gptq.quantize_model`` on the default model at 4 bits, per channel, calibrated on
+   32 windows of 512 tokens of *Emma* (the anchor setting of docs/design.md): the wall time,
+   split into the time in ``gptq_quantize`` and the rest (forward passes and Hessians). The
+   authors' code took about 150 s for this on 2 cores (docs/design.md, "Anchor figures").
+   Skip it with ``--layers-only``.
 
 Run with qlearn installed (`make bench`) or from the repository root as
 `PYTHONPATH=. python benchmarks/bench_gptq.py`. Set OMP_NUM_THREADS=1 on a busy machine.
@@ -92,18 +93,18 @@ def layers() -> None:
 
 
 def whole_model() -> None:
+    from qlearn import gptq
     from qlearn.data import load_text
-    from qlearn.gptq import gptq_quantize_model
     from qlearn.models import load_model
 
     model, tokenizer = load_model()
     started = time.perf_counter()
-    _, report = gptq_quantize_model(
+    _, report = gptq.quantize_model(
         model, load_text("emma"), tokenizer, bits=BITS, nsamples=32, seqlen=512, progress=False
     )
     wall = time.perf_counter() - started
     print(
-        f"gptq_quantize_model, {BITS}-bit per channel, {report.n_windows} × "
+        f"gptq.quantize_model, {BITS}-bit per channel, {report.n_windows} × "
         f"{report.n_tokens // report.n_windows} tokens: {wall:.1f} s wall, of which "
         f"{report.gptq_seconds:.1f} s in gptq_quantize and {wall - report.gptq_seconds:.1f} s "
         "in forward passes and Hessians (the authors' code: about 150 s on 2 quiet cores)"

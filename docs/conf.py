@@ -132,8 +132,12 @@ def public_modules() -> list[str]:
         ast.get_docstring(ast.parse((package / "__init__.py").read_text())) or "",
     )
     modules = []
-    for path in sorted(package.glob("[!_]*.py")):
-        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    sources = [*package.glob("[!_]*.py"), *package.glob("[!_]*/__init__.py")]
+    for path in sorted(sources):
+        source = path.read_text(encoding="utf-8")
+        if path.name == "__init__.py":  # a package (qlearn.gguf, qlearn.exercises)
+            path = path.parent
+        doc = ast.get_docstring(ast.parse(source)) or ""
         chapter = re.search(r"notebooks/(\d\d)_", doc)
         order = (
             (0, listed.index(path.stem), "")

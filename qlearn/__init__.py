@@ -21,7 +21,13 @@ One module per concept, in course order:
 - :mod:`qlearn.exercises` — the checks of every chapter's exercises.
 - :mod:`qlearn.claims`   — what a notebook asserts about numbers that vary from CPU to CPU.
 
+Every quantized result of every method is a :class:`Quantized`: ``dequantize()``, ``nbytes()``
+(the bytes it stores) and ``bits_per_weight()``.
+
 Import the modules you need (``from qlearn import affine``); nothing heavy is imported here.
 """
 
+from qlearn._quantized import Quantized
+
+__all__ = ["Quantized"]
 __version__ = "0.1.0"

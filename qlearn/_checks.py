@@ -17,15 +17,23 @@ import torch
 __all__ = [
     "check_axis",
     "check_bits",
+    "check_bool",
     "check_choice",
     "check_float_tensor",
+    "check_fraction",
     "check_group_size",
     "check_int",
+    "check_int_tensor",
+    "check_module",
     "check_positive",
+    "check_real",
+    "check_sequence",
+    "describe",
 ]
 
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
+    """How an error names what came: a tensor by dtype and shape, anything else by repr and type."""
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return f"{value!r} ({type(value).__name__})"
@@ -41,7 +49,7 @@ def check_float_tensor(
 ) -> None:
     """Raise unless ``x`` is a floating-point tensor (non-empty, finite, of ``ndim`` dims)."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(x)}")
+        raise TypeError(f"{name}: expected a torch.Tensor, got {describe(x)}")
     if not x.is_floating_point():
         raise TypeError(
             f"{name}: expected a floating-point tensor (float32, float16 or bfloat16), "
@@ -64,7 +72,7 @@ def check_float_tensor(
 def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     """Raise unless ``value`` is an integer (a bool is not), at least ``minimum`` if given."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {_describe(value)}")
+        raise TypeError(f"{name}: expected an int, got {describe(value)}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected at least {minimum}, got {value}")
     return int(value)
@@ -89,16 +97,65 @@ def check_axis(axis: Any, ndim: int, name: str = "axis") -> int:
     return axis % ndim
 
 
-def check_group_size(group_size: Any, dim_size: int, name: str = "group_size") -> int:
-    """Raise unless ``group_size`` is a positive integer that divides ``dim_size``."""
+def check_group_size(
+    group_size: Any, dim_size: int, name: str = "group_size", *, must_divide: bool = True
+) -> int:
+    """Raise unless ``group_size`` is a positive integer that divides ``dim_size``; return it.
+
+    With ``must_divide=False`` it need only be at most ``dim_size``: the last group is then
+    shorter, as in GPTQ's and AWQ's reference code (groups of 128 on 576 inputs: 4 × 128 + 64).
+    """
     group_size = check_int(group_size, name)
     if group_size <= 0:
         raise ValueError(f"{name}: expected a positive integer, got {group_size}")
+    if not must_divide:
+        if group_size > dim_size:
+            raise ValueError(
+                f"{name}: expected at most the number of input columns ({dim_size}), "
+                f"got {group_size}"
+            )
+        return group_size
     if dim_size % group_size:
         raise ValueError(
             f"{name}: expected a divisor of the last dimension ({dim_size}), got {group_size}"
         )
     return group_size
+
+
+def check_module(value: Any, name: str = "model") -> Any:
+    """Raise unless ``value`` is a ``torch.nn.Module``; return it."""
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name}: expected a torch.nn.Module, got {type(value).__name__}")
+    return value
+
+
+def check_real(value: Any, name: str) -> float:
+    """Raise unless ``value`` is a finite real number (int or float, not bool); return it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {describe(value)}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return float(value)
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """Raise unless ``value`` is a number from 0 to 1 (both included); return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number from 0 to 1, got {value!r}")
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise ValueError(f"{name}: expected a number from 0 to 1, got {value!r}")
+    return float(value)
+
+
+def check_int_tensor(x: Any, name: str, *, ndim: int | None = None) -> torch.Tensor:
+    """Raise unless ``x`` is a tensor of an integer dtype (of ``ndim`` dims if given)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {describe(x)}")
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor, got dtype {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, got shape {tuple(x.shape)}")
+    return x
 
 
 def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
@@ -119,7 +176,7 @@ def check_bool(value: Any, name: str) -> bool:
 def check_positive(value: Any, name: str, *, strict: bool = True) -> float:
     """Raise unless ``value`` is a finite real number > 0 (>= 0 when ``strict`` is False)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+        raise TypeError(f"{name}: expected a number, got {describe(value)}")
     if not math.isfinite(value) or value < 0 or (strict and value == 0):
         expected = "a finite number > 0" if strict else "a finite number >= 0"
         raise ValueError(f"{name}: expected {expected}, got {value}")
@@ -133,3 +190,20 @@ def _sum_is_finite(x: torch.Tensor) -> bool:
     """
     with torch.no_grad():
         return bool(torch.isfinite(x.detach().sum()))
+
+
+def check_sequence(values: Any, name: str, item: Any) -> list[Any]:
+    """Raise unless ``values`` is a non-empty sequence (list, tuple, 1-D tensor; not a string)
+    whose every entry passes ``item(value, f"{name}[{i}]")``; return the checked entries.
+
+    ``item`` is one of the checks above, e.g. ``check_fraction`` for a grid of α in [0, 1].
+    """
+    if isinstance(values, torch.Tensor) and values.ndim == 1:
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple, range)):
+        raise TypeError(f"{name}: expected a sequence (a list or a tuple), got {describe(values)}")
+    if not values:
+        raise ValueError(
+            f"{name}: expected a non-empty sequence, got an empty {type(values).__name__}"
+        )
+    return [item(value, f"{name}[{i}]") for i, value in enumerate(values)]

@@ -38,14 +38,20 @@ from qlearn._checks import (
     check_float_tensor,
     check_group_size,
     check_int,
+    check_module,
+    check_real,
 )
+from qlearn._layers import set_weight_, weight_of
 
 __all__ = [
     "ABSMAX",
+    "MAX_BITS",
     "METHODS",
+    "MIN_SCALE",
     "ZEROPOINT",
     "QuantizedTensor",
     "absmax_quantize",
+    "code_range",
     "fake_quantize",
     "quantization_error",
     "quantize",
@@ -61,8 +67,10 @@ ZEROPOINT: Final = "zeropoint"
 """Asymmetric quantization: S = (max − min) / (2^b − 1), Z = the code of the real 0."""
 METHODS: Final = (ABSMAX, ZEROPOINT)
 
-_MAX_BITS: Final = 16
-_TINY: Final = torch.finfo(torch.float32).smallest_normal
+MAX_BITS: Final = 16
+"""The widest codes, in bits, of the affine quantizers (and of ``calibration``, ``qat``)."""
+MIN_SCALE: Final = torch.finfo(torch.float32).smallest_normal
+"""The floor on every step S (float32's smallest normal, 1.2e-38, as torchao's ``eps``)."""
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: `==` on tensors is elementwise, not a bool
@@ -89,12 +97,12 @@ class QuantizedTensor:
     @property
     def qmin(self) -> int:
         """Smallest code: −(2^(b−1) − 1) for absmax (symmetric), −2^(b−1) for zero-point."""
-        return _qrange(self.method, self.bits)[0]
+        return code_range(self.method, self.bits)[0]
 
     @property
     def qmax(self) -> int:
         """Largest code: 2^(b−1) − 1 for both methods (127 at 8 bits)."""
-        return _qrange(self.method, self.bits)[1]
+        return code_range(self.method, self.bits)[1]
 
     def dequantize(self) -> torch.Tensor:
         """Return scale · (codes − zero_point) in the input's dtype (Jacob et al. 2018, eq. 1).
@@ -206,6 +214,19 @@ def quantization_error(x: torch.Tensor, x_hat: torch.Tensor | QuantizedTensor) -
     }
 
 
+def code_range(method: str, bits: int) -> tuple[int, int]:
+    """The codes (qmin, qmax) of ``method`` at ``bits``: absmax [−(2^(b−1) − 1), 2^(b−1) − 1]
+    (symmetric: −127 … 127 at 8 bits), zero-point [−2^(b−1), 2^(b−1) − 1] (−128 … 127).
+
+    Dettmers et al. 2022, §2; Jacob et al. 2018, eq. 1. Taught in
+    notebooks/02_absmax_zeropoint.ipynb.
+    """
+    check_choice(method, "method", METHODS)
+    bits = check_bits(bits, low=2, high=MAX_BITS)
+    qmax = 2 ** (bits - 1) - 1
+    return (-qmax if method == ABSMAX else -qmax - 1), qmax
+
+
 def quantize_model(
     model: nn.Module,
     method: str,
@@ -243,12 +264,11 @@ def quantize_model_(
     Weight-only round-to-nearest quantization, Nagel et al. 2021, §2. Taught in
     notebooks/02_absmax_zeropoint.ipynb.
     """
-    from qlearn.models import get_weight, linear_layers, set_weight_
+    from qlearn.models import linear_layers
 
     check_choice(method, "method", METHODS)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    weights = [(layer, get_weight(layer).detach()) for _, layer in linear_layers(model)]
+    check_module(model)
+    weights = [(layer, weight_of(layer).detach()) for _, layer in linear_layers(model)]
     for _, weight in weights:  # check every layer before changing any
         _check_args(weight, bits, axis, group_size)
     for layer, weight in weights:  # weight: [out, in], a view of the layer's
@@ -286,13 +306,7 @@ def quantize_in_range(
     """
     check_choice(method, "method", METHODS)
     bits, _, _ = _check_args(x, bits, None, None)
-    for name, value in (("lo", lo), ("hi", hi)):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    lo, hi = check_real(lo, "lo"), check_real(hi, "hi")
     if not lo < hi:
         raise ValueError(f"lo: expected lo < hi, got lo={lo}, hi={hi}")
     lo_t, hi_t = torch.tensor(float(lo)), torch.tensor(float(hi))
@@ -311,7 +325,7 @@ def _quantize_in_range(
     group_size: int | None,
 ) -> QuantizedTensor:
     """(S, Z) from each block's range [lo, hi], then the codes of ``xg`` (``x`` grouped)."""
-    qmin, qmax = _qrange(method, bits)
+    qmin, qmax = code_range(method, bits)
     if method == ABSMAX:
         scale = _guard(torch.maximum(-lo, hi) / qmax)
         zero_point = torch.zeros_like(scale)
@@ -344,7 +358,7 @@ def _check_args(
     x: torch.Tensor, bits: int, axis: int | None, group_size: int | None
 ) -> tuple[int, int | None, int | None]:
     check_float_tensor(x, "x")
-    bits = check_bits(bits, low=2, high=_MAX_BITS)
+    bits = check_bits(bits, low=2, high=MAX_BITS)
     if axis is not None and group_size is not None:
         raise ValueError(
             f"axis: expected None when group_size is given (groups run along the last dimension "
@@ -360,11 +374,6 @@ def _check_args(
             )
         group_size = check_group_size(group_size, x.shape[-1])
     return bits, axis, group_size
-
-
-def _qrange(method: str, bits: int) -> tuple[int, int]:
-    qmax = 2 ** (bits - 1) - 1
-    return (-qmax if method == ABSMAX else -qmax - 1), qmax
 
 
 def _codes_dtype(bits: int) -> torch.dtype:
@@ -402,7 +411,7 @@ def _guard(scale: torch.Tensor) -> torch.Tensor:
     results for weights smaller than about 1e-5; this guard only acts on blocks whose largest
     |x| is below ~1e-36, and an all-zero block still dequantizes to exact zeros.
     """
-    return scale.clamp(min=_TINY)
+    return scale.clamp(min=MIN_SCALE)
 
 
 def _decibels(signal: float, noise: float) -> float:

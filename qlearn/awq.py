@@ -39,29 +39,48 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from qlearn._checks import check_bits, check_bool, check_float_tensor, check_int, check_positive
-from qlearn._progress import progress_bar
-from qlearn._sequential import (
+from qlearn import _quantized
+from qlearn._checks import (
+    check_bits,
+    check_bool,
+    check_float_tensor,
+    check_fraction,
+    check_group_size,
+    check_int,
+    check_module,
+    check_positive,
+    check_sequence,
+)
+from qlearn._layers import (
     calibration_batches,
     first_layer_inputs,
+    is_conv1d,
+    is_linear,
     linears_of,
     main_output,
+    model_device,
+    set_weight_,
+    weight_of,
 )
+from qlearn._progress import progress_bar
 from qlearn.data import token_batches
+from qlearn.models import decoder_layers, linear_layers
 
 __all__ = [
     "DEFAULT_ALPHAS",
     "AWQReport",
     "GroupQuantized",
+    "LayerReport",
     "ScaleReport",
     "ScaleSearch",
     "activation_means",
-    "awq_quantize_model",
     "awq_scales",
     "clip_weight",
     "fold_scales_",
     "pseudo_quantize",
     "quantize_groups",
+    "quantize_model",
+    "quantize_model_",
     "search_clip",
     "search_scale",
 ]
@@ -98,6 +117,17 @@ class GroupQuantized:
         values = (codes - self.zero[..., None]) * self.scale[..., None]
         return values.reshape(codes.shape[0], -1)[:, :columns].to(self.dtype)
 
+    def nbytes(self) -> float:
+        """The bytes an AWQ checkpoint stores for this weight: the codes packed at ``bits``
+        bits, and per row and group one fp16 scale and one ``bits``-bit zero point.
+        Taught in notebooks/09_capstone.ipynb."""
+        rows, columns = self.codes.shape
+        return _group_bytes(rows, columns, self.bits, self.group_size)
+
+    def bits_per_weight(self) -> float:
+        """8 · :meth:`nbytes` over the number of weights. Taught in notebooks/09_capstone.ipynb."""
+        return _quantized.bits_per_weight(self.nbytes(), self.codes.numel())
+
 
 @dataclass(frozen=True, eq=False)
 class ScaleSearch:
@@ -123,8 +153,27 @@ class ScaleSearch:
 
 
 @dataclass(frozen=True)
+class LayerReport:
+    """One linear layer that :func:`quantize_model_` quantized: its name, its shape
+    [out, in], and ``stored_bytes``, what its :class:`GroupQuantized` stores
+    (:meth:`GroupQuantized.nbytes`). Taught in notebooks/08_awq_nf4.ipynb."""
+
+    name: str
+    shape: tuple[int, int]
+    stored_bytes: float
+
+    def nbytes(self) -> float:
+        """The bytes of the layer's quantized weight (codes packed, fp16 scales, zeros)."""
+        return self.stored_bytes
+
+    def bits_per_weight(self) -> float:
+        """8 · :meth:`nbytes` over the layer's out · in weights."""
+        return _quantized.bits_per_weight(self.stored_bytes, self.shape[0] * self.shape[1])
+
+
+@dataclass(frozen=True)
 class ScaleReport:
-    """One scale group of one decoder layer in :func:`awq_quantize_model`: where the scales were
+    """One scale group of one decoder layer in :func:`quantize_model_`: where the scales were
     folded (``prev``), the layers they multiply, the α chosen, and the output error (mean
     square, on the calibration tokens) at every α of the grid ``alphas``."""
 
@@ -153,8 +202,10 @@ class ScaleReport:
 
 @dataclass
 class AWQReport:
-    """What :func:`awq_quantize_model` did: the scale groups, the clipped layers, the calibration
-    size, the settings and the wall time. Taught in notebooks/08_awq_nf4.ipynb."""
+    """What :func:`quantize_model_` did: the scale groups, the clipped layers, the calibration
+    size, the settings, the wall time, and one :class:`LayerReport` per quantized linear layer
+    (none with ``quantize=False``), whose bytes :meth:`nbytes` adds up.
+    Taught in notebooks/08_awq_nf4.ipynb."""
 
     scales: list[ScaleReport]
     clipped: list[str]
@@ -162,6 +213,22 @@ class AWQReport:
     n_tokens: int
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    layers: list[LayerReport] = field(default_factory=list)
+
+    def nbytes(self) -> float:
+        """The bytes of every quantized layer: the sum of each :class:`GroupQuantized`'s
+        ``nbytes()`` (codes packed, fp16 scales, zero points). Embeddings, norms and the LM
+        head, which AWQ keeps, are not counted. Taught in notebooks/09_capstone.ipynb."""
+        return sum(row.stored_bytes for row in self.layers)
+
+    def bits_per_weight(self) -> float:
+        """8 · :meth:`nbytes` over the weights of the quantized layers."""
+        if not self.layers:
+            raise ValueError(
+                "report: expected quantized layers, got none (quantize=False keeps FP weights)"
+            )
+        n_weights = sum(row.shape[0] * row.shape[1] for row in self.layers)
+        return _quantized.bits_per_weight(self.nbytes(), n_weights)
 
     def table(self, *, every: int = 1) -> str:
         """A text table of the scale groups (every ``every``-th): α and the error gain."""
@@ -189,7 +256,7 @@ def quantize_groups(
     """
     check_float_tensor(weight, "weight", ndim=2)
     bits = check_bits(bits, low=2, high=8)
-    group_size = _check_group_size(group_size, weight.shape[1])
+    group_size = _group_size(group_size, weight.shape[1])
     maxq = 2**bits - 1
     with torch.no_grad():
         w = _padded_groups(weight.detach().float(), group_size)  # [out, n_groups, g]
@@ -209,7 +276,7 @@ def pseudo_quantize(
     Taught in notebooks/08_awq_nf4.ipynb."""
     check_float_tensor(weight, "weight", ndim=2)
     bits = check_bits(bits, low=2, high=8)
-    group_size = _check_group_size(group_size, weight.shape[1])
+    group_size = _group_size(group_size, weight.shape[1])
     with torch.no_grad():
         w = _padded_groups(weight.detach().float(), group_size)
         values = _pseudo_quantize_padded(w, bits).reshape(w.shape[0], -1)
@@ -227,7 +294,7 @@ def awq_scales(x_mean: torch.Tensor, alpha: float) -> torch.Tensor:
     check_float_tensor(x_mean, "x_mean", ndim=1)
     if bool((x_mean < 0).any()):
         raise ValueError("x_mean: expected magnitudes (mean |x|, all >= 0), got negative values")
-    alpha = _check_alpha(alpha, "alpha")
+    alpha = check_fraction(alpha, "alpha")
     scales = x_mean.float().pow(alpha).clamp(min=_MIN_SCALE)
     return scales / (scales.max() * scales.min()).sqrt()
 
@@ -246,9 +313,7 @@ def activation_means(
     ``qlearn.data.token_batches`` takes it. The channels with large s_X are AWQ's salient ones
     (Lin et al. §3.1). Taught in notebooks/08_awq_nf4.ipynb.
     """
-    from qlearn.models import linear_layers
-
-    _check_model(model)
+    check_module(model)
     batches = token_batches(texts_or_batches, tokenizer)
     layers = list(linear_layers(model))
     sums: dict[str, torch.Tensor] = {}
@@ -268,7 +333,7 @@ def activation_means(
         model.eval()
         with torch.no_grad():
             for batch in progress_bar(batches, desc="activation means", progress=progress):
-                model(input_ids=batch.to(_device(model)), use_cache=False)
+                model(input_ids=batch.to(model_device(model)), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -297,10 +362,10 @@ def search_scale(
     value. Returns the α with the smallest error (the first, on ties), its scales, and every
     error. Taught in notebooks/08_awq_nf4.ipynb.
     """
-    _check_module(module, "module")
+    check_module(module, "module")
     names = _layer_names(module, layers)
     xs, calls = _calls(x, kwargs)
-    alphas = _check_alphas(alphas)
+    alphas = check_sequence(alphas, "alphas", check_fraction)
     bits = check_bits(bits, low=2, high=8)
     weights = {name: _weight(layer) for name, layer in zip(names, layers, strict=True)}
     for name, weight in weights.items():
@@ -309,9 +374,7 @@ def search_scale(
                 f"x: expected a last dimension of {weight.shape[1]} (the layers' inputs), "
                 f"got {xs[0].shape[-1]}"
             )
-        _check_group_size(
-            group_size, weight.shape[1], name=f"group_size (layer {name or 'module'})"
-        )
+        _group_size(group_size, weight.shape[1], f"group_size (layer {name or 'module'})")
     with torch.no_grad():
         x_mean = _mean_abs(xs)
         expected = [main_output(module(xi, **kw)) for xi, kw in zip(xs, calls, strict=True)]
@@ -369,7 +432,7 @@ def search_clip(
             f"x: expected a last dimension of {weight.shape[1]} (in_features), got {x.shape[-1]}"
         )
     bits = check_bits(bits, low=2, high=8)
-    group_size = _check_group_size(group_size, weight.shape[1])
+    group_size = _group_size(group_size, weight.shape[1])
     n_grid = check_int(n_grid, "n_grid", minimum=1)
     max_shrink = check_positive(max_shrink, "max_shrink")
     if max_shrink >= 1:
@@ -404,7 +467,7 @@ def clip_weight(
     """Clamp each row and group of ``weight`` to [−m, m], m from :func:`search_clip`
     ([out, n_groups]). The authors' ``apply_clip``. Taught in notebooks/08_awq_nf4.ipynb."""
     check_float_tensor(weight, "weight", ndim=2)
-    group_size = _check_group_size(group_size, weight.shape[1])
+    group_size = _group_size(group_size, weight.shape[1])
     n_groups = -(-weight.shape[1] // group_size)
     check_float_tensor(max_val, "max_val", ndim=2)
     if tuple(max_val.shape) != (weight.shape[0], n_groups):
@@ -426,8 +489,6 @@ def fold_scales_(prev: nn.Module, layers: Sequence[nn.Module], scales: torch.Ten
     ``scale_ln_fcs`` and ``scale_fc_fc``; Lin et al. §3.2 ("fuse the scales into the previous
     operator"). Taught in notebooks/08_awq_nf4.ipynb.
     """
-    from qlearn.models import _is_linear, get_weight
-
     check_float_tensor(scales, "scales", ndim=1)
     if bool((scales <= 0).any()):
         raise ValueError("scales: expected positive scales")
@@ -435,19 +496,19 @@ def fold_scales_(prev: nn.Module, layers: Sequence[nn.Module], scales: torch.Ten
         raise TypeError(f"prev: expected a norm or linear layer, got {type(prev).__name__}")
     layers = list(layers)
     for i, layer in enumerate(layers):
-        if not _is_linear(layer):
+        if not is_linear(layer):
             raise TypeError(
                 f"layers[{i}]: expected nn.Linear or transformers Conv1D, got "
                 f"{type(layer).__name__}"
             )
-        if get_weight(layer).shape[1] != scales.numel():
+        if weight_of(layer).shape[1] != scales.numel():
             raise ValueError(
-                f"scales: expected {get_weight(layer).shape[1]} scales (layers[{i}]'s inputs), "
+                f"scales: expected {weight_of(layer).shape[1]} scales (layers[{i}]'s inputs), "
                 f"got {scales.numel()}"
             )
     with torch.no_grad():
-        if _is_linear(prev):
-            rows = get_weight(prev)[-scales.numel() :]
+        if is_linear(prev):
+            rows = weight_of(prev)[-scales.numel() :]
             rows.div_(scales.to(rows.dtype)[:, None])
             if prev.bias is not None:
                 prev.bias[-scales.numel() :].div_(scales.to(prev.bias.dtype))
@@ -461,11 +522,28 @@ def fold_scales_(prev: nn.Module, layers: Sequence[nn.Module], scales: torch.Ten
                 f"layer, got {type(prev).__name__}"
             )
         for layer in layers:
-            weight = get_weight(layer)
+            weight = weight_of(layer)
             weight.mul_(scales.to(weight.dtype)[None, :])
 
 
-def awq_quantize_model(
+def quantize_model(
+    model: nn.Module,
+    calibration_texts: str | torch.Tensor | Sequence[torch.Tensor] | Sequence[str],
+    tokenizer: Any = None,
+    **options: Any,
+) -> tuple[nn.Module, AWQReport]:
+    """Return ``(an AWQ-quantized copy of model, an AWQReport)``; ``model`` is left untouched.
+
+    :func:`quantize_model_` on ``copy.deepcopy(model)``, with the same arguments.
+    Lin et al. 2024, §3. Taught in notebooks/08_awq_nf4.ipynb.
+
+    ``options``: the keyword arguments of :func:`quantize_model_` (bits, group_size, …).
+    """
+    check_module(model)
+    return quantize_model_(copy.deepcopy(model), calibration_texts, tokenizer, **options)
+
+
+def quantize_model_(
     model: nn.Module,
     calibration_texts: str | torch.Tensor | Sequence[torch.Tensor] | Sequence[str],
     tokenizer: Any = None,
@@ -481,7 +559,7 @@ def awq_quantize_model(
     quantize: bool = True,
     progress: bool | None = None,
 ) -> tuple[nn.Module, AWQReport]:
-    """Return ``(an AWQ-quantized copy of model, an AWQReport)``; ``model`` is left untouched.
+    """Quantize ``model``'s decoder linear layers with AWQ, in place; return ``(model, report)``.
 
     ``calibration_texts``: a text (``nsamples`` random windows of ``seqlen`` tokens are drawn
     with ``qlearn.data.calibration_windows(..., seed=seed)``, as for GPTQ) or anything
@@ -495,28 +573,29 @@ def awq_quantize_model(
     :func:`fold_scales_` folds the scales; with ``clip``, :func:`search_clip` clips every layer
     but q and k; then every linear layer is rounded with :func:`pseudo_quantize` (skipped with
     ``quantize=False``: the model keeps FP weights, scaled and clipped). Llama-style decoder
-    layers (Llama, SmolLM2, Mistral, Qwen2) and GPT-2's (norms → c_attn and c_fc).
+    layers (Llama, SmolLM2, Mistral, Qwen2) and GPT-2's (norms → c_attn and c_fc). The report's
+    ``nbytes()`` counts what the quantized layers store. Arguments are checked before any work;
+    an error in a forward pass leaves the model partly changed.
     Taught in notebooks/08_awq_nf4.ipynb.
     """
-    from qlearn.models import decoder_layers, get_weight, linear_layers, set_weight_
-
     started = time.perf_counter()
-    _check_model(model)
+    check_module(model)
     bits = check_bits(bits, low=2, high=8)
     for name, layer in linear_layers(model):  # every layer checked before any work
-        _check_group_size(group_size, get_weight(layer).shape[1], f"group_size (layer {name})")
+        _group_size(group_size, weight_of(layer).shape[1], f"group_size (layer {name})")
     clip = check_bool(clip, "clip")
     quantize = check_bool(quantize, "quantize")
-    alphas = _check_alphas(alphas)
+    alphas = check_sequence(alphas, "alphas", check_fraction)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     batches = calibration_batches(calibration_texts, tokenizer, nsamples, seqlen, seed, batch_size)
 
-    quantized = copy.deepcopy(model)
+    quantized = model
     quantized.eval()
     prefix, blocks = decoder_layers(quantized)
     plans = [_scale_groups(block) for block in blocks]  # fails early on an unknown architecture
     reports: list[ScaleReport] = []
     clipped: list[str] = []
+    stored: list[LayerReport] = []
     with torch.no_grad():
         inputs, extras = first_layer_inputs(quantized, blocks[0], batches)
         for index, (block, plan) in enumerate(
@@ -554,13 +633,16 @@ def awq_quantize_model(
                     )
                 )
             for name, layer in linears:
-                weight = get_weight(layer).detach()
+                weight = weight_of(layer).detach()
                 if clip and not any(key in name for key in _SKIP_CLIP):
                     max_val = search_clip(weight, feats[name], bits=bits, group_size=group_size)
                     weight = clip_weight(weight, max_val, group_size=group_size)
                     clipped.append(f"{where}.{name}")
                 if quantize:
                     weight = pseudo_quantize(weight, bits=bits, group_size=group_size)
+                    rows, columns = weight.shape
+                    size = _group_bytes(rows, columns, bits, _group_size(group_size, columns))
+                    stored.append(LayerReport(f"{where}.{name}", (rows, columns), size))
                 set_weight_(layer, weight)
             del feats, calls
             inputs = outputs
@@ -577,6 +659,7 @@ def awq_quantize_model(
             "alphas": tuple(alphas),
         },
         seconds=time.perf_counter() - started,
+        layers=stored,
     )
     return quantized, report
 
@@ -661,8 +744,6 @@ def _run_block(
 
 def _layer_names(module: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
     """The names of ``layers`` inside ``module`` ("" for the module itself)."""
-    from qlearn.models import _is_linear
-
     if isinstance(layers, nn.Module) or not isinstance(layers, Sequence) or not layers:
         raise TypeError(
             "layers: expected a non-empty list of linear layers inside module, "
@@ -671,7 +752,7 @@ def _layer_names(module: nn.Module, layers: Sequence[nn.Module]) -> list[str]:
     by_id = {id(m): name for name, m in module.named_modules()}
     names = []
     for i, layer in enumerate(layers):
-        if not _is_linear(layer):
+        if not is_linear(layer):
             raise TypeError(
                 f"layers[{i}]: expected nn.Linear or transformers Conv1D, got "
                 f"{type(layer).__name__}"
@@ -687,17 +768,13 @@ def _param_name(layer_name: str) -> str:
 
 
 def _weight(layer: nn.Module) -> torch.Tensor:
-    from qlearn.models import get_weight
-
-    return get_weight(layer).detach()
+    return weight_of(layer).detach()
 
 
 def _stored(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """``weight`` [out, in] in the layer's own layout (GPT-2 ``Conv1D`` stores [in, out])."""
-    from qlearn.models import _is_conv1d
-
     weight = weight.to(layer.weight.dtype)
-    return weight.T if _is_conv1d(layer) else weight
+    return weight.T if is_conv1d(layer) else weight
 
 
 def _calls(
@@ -750,48 +827,16 @@ def _pseudo_quantize_padded(w: torch.Tensor, bits: int) -> torch.Tensor:
     return ((torch.round(w / scale) + zero).clamp(0, maxq) - zero) * scale
 
 
-def _device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-
-
-def _check_module(module: Any, name: str) -> None:
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"{name}: expected a torch.nn.Module, got {type(module).__name__}")
-
-
-def _check_group_size(group_size: Any, columns: int, name: str = "group_size") -> int:
-    """None (a whole row) or a group size from 1 to ``columns``; returns it as an int."""
+def _group_size(group_size: Any, columns: int, name: str = "group_size") -> int:
+    """``None`` stands for one group per row (``columns``); a size need not divide ``columns``
+    (the last group is then shorter)."""
     if group_size is None:
         return columns
-    group_size = check_int(group_size, name, minimum=1)
-    if group_size > columns:
-        raise ValueError(
-            f"{name}: expected at most the number of input columns ({columns}), got {group_size}"
-        )
-    return group_size
+    return check_group_size(group_size, columns, name, must_divide=False)
 
 
-def _check_alpha(alpha: Any, name: str) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"{name}: expected a number from 0 to 1, got {alpha!r}")
-    if not (math.isfinite(alpha) and 0 <= alpha <= 1):
-        raise ValueError(f"{name}: expected a number from 0 to 1, got {alpha!r}")
-    return float(alpha)
-
-
-def _check_alphas(alphas: Any) -> list[float]:
-    if isinstance(alphas, torch.Tensor):
-        alphas = alphas.tolist()
-    if isinstance(alphas, (str, bytes)) or not isinstance(alphas, Sequence):
-        raise TypeError(f"alphas: expected a sequence of numbers from 0 to 1, got {alphas!r:.60}")
-    if not alphas:
-        raise ValueError("alphas: expected at least one α in the grid, got an empty grid")
-    return [_check_alpha(a, f"alphas[{i}]") for i, a in enumerate(alphas)]
+def _group_bytes(rows: int, columns: int, bits: int, group_size: int) -> float:
+    """What :class:`GroupQuantized` stores for [rows, columns] weights: codes at ``bits`` bits,
+    one fp16 scale and one ``bits``-bit zero per row and group."""
+    n_groups = -(-columns // group_size)
+    return rows * columns * bits / 8 + rows * n_groups * (2 + bits / 8)

@@ -26,6 +26,7 @@ Taught in notebooks/07_qat_bitnet.ipynb.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,9 +36,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn._checks import check_choice, check_float_tensor, check_int, check_positive
+from qlearn._checks import (
+    check_choice,
+    check_float_tensor,
+    check_int,
+    check_int_tensor,
+    check_module,
+    check_positive,
+)
+from qlearn._layers import set_weight_, weight_of
+from qlearn._quantized import bits_per_weight
 
 __all__ = [
+    "ACTIVATIONS",
     "BINARY",
     "TERNARY",
     "WEIGHTS",
@@ -46,6 +57,8 @@ __all__ = [
     "activation_quant_int8",
     "pack_ternary",
     "pack_ternary_2bit",
+    "quantize_model",
+    "quantize_model_",
     "ternary_matmul",
     "unpack_ternary",
     "unpack_ternary_2bit",
@@ -58,6 +71,8 @@ TERNARY: Final = "ternary"
 BINARY: Final = "binary"
 """BitNet's (1-bit) weights: codes in {−1, +1}, scale mean|W|."""
 WEIGHTS: Final = (TERNARY, BINARY)
+ACTIVATIONS: Final = "int8"
+"""The kind of :func:`activation_quant_int8`'s result: int8 codes, one scale per token."""
 
 EPS: Final = 1e-5
 """The floor on mean|W| and max|x| of the reference code (b1.58 FAQ; transformers)."""
@@ -73,19 +88,46 @@ class BitNetQuantized:
     ``scale`` broadcasts against ``codes`` (0-D for weights, [..., 1] per token for
     activations). It is stored in float64, as 1 / s for the reference's multiplier s (float32):
     then codes · scale, rounded to float32, equals the reference's float32 division codes / s
-    bit for bit (|c / s − m| ≥ 2^−49 |c / s| for every float32 midpoint m and code |c| ≤ 128, while
-    the float64 product is off by at most 2^−52 of it). ``dtype`` is the input's.
+    bit for bit (|c / s − m| ≥ 2^−49 |c / s| for every float32 midpoint m and code |c| ≤ 128,
+    while the float64 product is off by at most 2^−52 of it). ``dtype`` is the input's;
+    ``kind`` is :data:`TERNARY`, :data:`BINARY` or :data:`ACTIVATIONS` (how :meth:`nbytes`
+    counts the codes).
     Ma et al. 2024, eq. 1–3; Wang et al. 2023, §2.1. Taught in notebooks/07_qat_bitnet.ipynb.
     """
 
     codes: torch.Tensor
     scale: torch.Tensor
     dtype: torch.dtype
+    kind: str = TERNARY
 
     def dequantize(self) -> torch.Tensor:
         """codes · scale, rounded to float32 and then to the input's dtype (as the reference)."""
         # Cast first: a same-dtype float64 product is vectorized, int8 × float64 may not be.
         return (self.codes.double() * self.scale).float().to(self.dtype)
+
+    def nbytes(self) -> int:
+        """Bytes a file or kernel would store, each scale as the reference's float32 (4 bytes;
+        held here in float64 only to dequantize exactly):
+
+        - ternary: the codes packed five per byte as :func:`pack_ternary` packs them,
+          ``ceil(rows / 5) · (the other dimensions)`` bytes, plus 4 for the scale (1.6 bits per
+          weight on large tensors; Ma et al. 2024);
+        - binary: one bit per code, ``ceil(n / 8)`` bytes, plus 4 for β (Wang et al. 2023);
+        - int8 activations: one byte per code plus 4 per token scale.
+
+        Taught in notebooks/07_qat_bitnet.ipynb and notebooks/09_capstone.ipynb.
+        """
+        if self.kind == TERNARY:
+            shape = self.codes.shape or (1,)
+            packed = math.ceil(shape[0] / TRITS_PER_BYTE) * math.prod(shape[1:])
+            return packed + 4 * self.scale.numel()
+        if self.kind == BINARY:
+            return math.ceil(self.codes.numel() / 8) + 4 * self.scale.numel()
+        return self.codes.numel() + 4 * self.scale.numel()
+
+    def bits_per_weight(self) -> float:
+        """``8 · nbytes()`` per code (≈1.6 for ternary weights, ≈1 for binary ones)."""
+        return bits_per_weight(self.nbytes(), self.codes.numel())
 
 
 def weight_quant_ternary(w: torch.Tensor) -> BitNetQuantized:
@@ -100,7 +142,7 @@ def weight_quant_ternary(w: torch.Tensor) -> BitNetQuantized:
         w32 = w.detach().float()
         s = 1.0 / w32.abs().mean().clamp(min=EPS)  # the reference's float32 ops, in its order
         codes = (w32 * s).round_().clamp_(-1, 1).to(torch.int8)  # in place: no big temporaries
-    return BitNetQuantized(codes=codes, scale=1.0 / s.double(), dtype=w.dtype)
+    return BitNetQuantized(codes=codes, scale=1.0 / s.double(), dtype=w.dtype, kind=TERNARY)
 
 
 def weight_quant_binary(w: torch.Tensor) -> BitNetQuantized:
@@ -116,7 +158,7 @@ def weight_quant_binary(w: torch.Tensor) -> BitNetQuantized:
         alpha = w32.mean()
         codes = torch.where(w32 - alpha > 0, 1, -1).to(torch.int8)
         beta = w32.abs().mean()
-    return BitNetQuantized(codes=codes, scale=beta.double(), dtype=w.dtype)
+    return BitNetQuantized(codes=codes, scale=beta.double(), dtype=w.dtype, kind=BINARY)
 
 
 def activation_quant_int8(x: torch.Tensor) -> BitNetQuantized:
@@ -137,7 +179,7 @@ def activation_quant_int8(x: torch.Tensor) -> BitNetQuantized:
         # 127 / t is t.reciprocal() * 127 in PyTorch: written the same way as the reference.
         s = 127 / x32.abs().amax(dim=-1, keepdim=True).clamp(min=EPS)
         codes = (x32 * s).round_().clamp_(-128, 127).to(torch.int8)
-    return BitNetQuantized(codes=codes, scale=1.0 / s.double(), dtype=x.dtype)
+    return BitNetQuantized(codes=codes, scale=1.0 / s.double(), dtype=x.dtype, kind=ACTIVATIONS)
 
 
 class BitLinear(nn.Linear):
@@ -210,6 +252,33 @@ class BitLinear(nn.Linear):
         return f"{super().extra_repr()}, weights={self.weights!r}, rms_norm={norm}"
 
 
+def quantize_model(model: nn.Module) -> nn.Module:
+    """Return a copy of ``model`` whose decoder linear weights are replaced by their BitNet b1.58
+    ternary round trip; ``model`` is left untouched. See :func:`quantize_model_`. Ma et al.
+    2024, eq. 1–3. Taught in notebooks/07_qat_bitnet.ipynb and notebooks/09_capstone.ipynb."""
+    check_module(model)
+    return quantize_model_(copy.deepcopy(model))
+
+
+def quantize_model_(model: nn.Module) -> nn.Module:
+    """In place: replace each decoder linear weight by :func:`weight_quant_ternary`'s round trip
+    (absmean codes in {−1, 0, 1} times one scale per layer); return ``model``.
+
+    Weight-only post-training quantization, fake-quantized: the activations stay as they are and
+    no layer is retrained (BitNet b1.58 is trained ternary from scratch; applied after training,
+    as here, it shows what 1.58 bits cost a model that never learnt them). Layers are those of
+    ``qlearn.models.linear_layers``, each weight seen as [out, in]; embeddings, norms and the LM
+    head are kept. Ma et al. 2024, eq. 1–3. Taught in notebooks/07_qat_bitnet.ipynb and
+    notebooks/09_capstone.ipynb.
+    """
+    from qlearn.models import linear_layers
+
+    check_module(model)
+    for _, layer in linear_layers(model):
+        set_weight_(layer, weight_quant_ternary(weight_of(layer).detach()).dequantize())
+    return model
+
+
 def pack_ternary(codes: torch.Tensor) -> torch.Tensor:
     """Pack ternary codes five to a byte (3^5 = 243 ≤ 256): 1.6 bits per weight.
 
@@ -276,7 +345,7 @@ def ternary_matmul(x_codes: torch.Tensor, w_codes: torch.Tensor) -> torch.Tensor
     kernels accumulate), int64 for wider ones. Ma et al. 2024, Fig. 1 and §2 (the new
     computation paradigm). Taught in notebooks/07_qat_bitnet.ipynb.
     """
-    _check_int_tensor(x_codes, "x_codes")
+    _check_codes(x_codes, "x_codes")
     _check_ternary_codes(w_codes, "w_codes")
     if x_codes.ndim == 0:
         raise ValueError("x_codes: expected a tensor [..., in_features], got a 0-D tensor")
@@ -339,19 +408,15 @@ class _RMSNorm(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-def _check_int_tensor(x: Any, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor of integer codes, got {type(x).__name__}")
-    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise TypeError(
-            f"{name}: expected an integer tensor (e.g. int8 codes), got dtype {x.dtype}"
-        )
+def _check_codes(x: Any, name: str) -> None:
+    """A non-empty integer tensor of codes."""
+    check_int_tensor(x, name)
     if x.numel() == 0:
         raise ValueError(f"{name}: expected a non-empty tensor, got shape {tuple(x.shape)}")
 
 
 def _check_ternary_codes(codes: Any, name: str) -> None:
-    _check_int_tensor(codes, name)
+    _check_codes(codes, name)
     outside = (codes < -1) | (codes > 1)
     if bool(outside.any()):
         values = sorted(set(codes[outside].flatten()[:5].tolist()))

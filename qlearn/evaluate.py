@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qlearn._checks import check_int
+from qlearn._layers import model_device
 from qlearn._progress import progress_bar
 
 __all__ = ["generate", "perplexity", "token_windows"]
@@ -35,11 +36,11 @@ def perplexity(
     token after the first of its window is predicted. The result is
     ``exp(sum of NLL over all predicted tokens / number of predicted tokens)``: the mean over
     tokens, not over windows. With ``max_tokens=4096, window=1024`` this is the evaluation
-    behind the course's anchor figures (DESIGN.md §3). Taught in
+    behind the course's anchor figures (docs/design.md, "Anchor figures"). Taught in
     notebooks/02_absmax_zeropoint.ipynb.
     """
     windows = token_windows(tokenizer, text, max_tokens=max_tokens, window=window)
-    device = _model_device(model)
+    device = model_device(model)
     total_nll, total_predicted = 0.0, 0
     with torch.inference_mode():
         for ids in progress_bar(windows, desc="perplexity", progress=progress):
@@ -75,7 +76,7 @@ def generate(model: nn.Module, tokenizer: object, prompt: str, *, max_new_tokens
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt: expected a non-empty string, got {prompt!r}")
     max_new_tokens = check_int(max_new_tokens, "max_new_tokens", minimum=1)
-    device = _model_device(model)
+    device = model_device(model)
     inputs = tokenizer(prompt, return_tensors="pt").to(device)
     with torch.inference_mode():
         output = model.generate(
@@ -91,10 +92,3 @@ def generate(model: nn.Module, tokenizer: object, prompt: str, *, max_new_tokens
 
 def _encode(tokenizer: object, text: str) -> torch.Tensor:
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][0]
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")

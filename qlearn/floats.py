@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 
-from qlearn._checks import check_bits, check_choice, check_float_tensor, check_int
+from qlearn._checks import check_bits, check_bool, check_choice, check_float_tensor, check_int
 
 __all__ = [
     "FORMATS",
@@ -254,9 +254,8 @@ def encode(value: float, fmt: str, *, saturate: bool = False) -> int:
     gives); fp4_e2m1 has no NaN, so NaN raises ``ValueError``.
     """
     f = _lookup(fmt)
-    v = _check_real(value, "value")
-    if not isinstance(saturate, bool):
-        raise TypeError(f"saturate: expected a bool, got {saturate!r} ({type(saturate).__name__})")
+    v = _exact_real(value, "value")
+    saturate = check_bool(saturate, "saturate")
     negative = math.copysign(1.0, v) < 0 if isinstance(v, float) else v < 0
     sign = int(negative)
     if isinstance(v, float) and math.isnan(v):
@@ -320,7 +319,7 @@ def spacing(x: float, fmt: str) -> float:
     raises ``ValueError``.
     """
     f = _lookup(fmt)
-    v = _check_real(x, "x")
+    v = _exact_real(x, "x")
     if isinstance(v, float) and not math.isfinite(v):
         raise ValueError(f"x: expected a finite number, got {v}")
     if abs(Fraction(v)) > f.max:
@@ -365,7 +364,7 @@ def representable_values(fmt: str, lo: float = -math.inf, hi: float = math.inf) 
     IEEE 754-2019 section 3.4. A float32 tensor; +0 and -0 count as one value.
     """
     values = all_values(fmt)
-    lo, hi = float(_check_real(lo, "lo")), float(_check_real(hi, "hi"))
+    lo, hi = float(_exact_real(lo, "lo")), float(_exact_real(hi, "hi"))
     if math.isnan(lo) or math.isnan(hi) or lo > hi:
         raise ValueError(f"lo, hi: expected lo <= hi, got lo={lo}, hi={hi}")
     keep = torch.isfinite(values) & (values >= lo) & (values <= hi)
@@ -384,8 +383,7 @@ def round_to_format(x: torch.Tensor, fmt: str, *, saturate: bool = False) -> tor
     """
     f = _lookup(fmt)
     check_float_tensor(x, "x", allow_empty=True, finite=False)
-    if not isinstance(saturate, bool):
-        raise TypeError(f"saturate: expected a bool, got {saturate!r} ({type(saturate).__name__})")
+    saturate = check_bool(saturate, "saturate")
     if not f.has_nan and bool(torch.isnan(x).any()):
         raise ValueError(f"x: {fmt} has no NaN code, got {int(torch.isnan(x).sum())} NaN")
     xf = x if x.dtype == torch.float64 else x.float()
@@ -428,8 +426,11 @@ def _lookup(fmt: str, name: str = "fmt") -> FloatFormat:
     return FORMATS[check_choice(fmt, name, FORMATS)]
 
 
-def _check_real(value: object, name: str) -> Fraction | float:
-    """Raise unless ``value`` is a real number; return it exactly (Fraction) or as a float."""
+def _exact_real(value: object, name: str) -> Fraction | float:
+    """Raise unless ``value`` is a real number; return it exactly (Fraction) or as a float.
+
+    Not ``_checks.check_real``: here ±inf and NaN are values to encode, and an int must stay
+    exact (2^70 is not a float)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
             f"{name}: expected a real number (int or float), got {value!r} ({type(value).__name__})"

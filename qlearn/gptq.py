@@ -20,9 +20,14 @@ min/max over [min(w, 0), max(w, 0)] with codes in [0, 2^bits − 1] (symmetric a
 with groups its scale and zero are refitted, at the first column of each group, on the weights
 as GPTQ has updated them so far; act-order takes columns by decreasing diag H, and static groups
 fit all groups on the original weights first. The sequential procedure
-(:func:`gptq_quantize_model`) quantizes decoder layer after decoder layer, each calibrated on
-the outputs of the layers already quantized, as the reference's ``opt_sequential`` /
-``llama_sequential`` do.
+(:func:`quantize_model`, :func:`quantize_model_`) quantizes decoder layer after decoder layer,
+each calibrated on the outputs of the layers already quantized, as the reference's
+``opt_sequential`` / ``llama_sequential`` do.
+
+The column loop is written twice: once to read, one column per call (:func:`fit_quantizer`,
+:func:`quantize_codes`, :func:`prepare_hessian`, :func:`obs_step_`: Algorithm 1 step by step,
+what the chapter's step-through widget and exercises use), and once fast, with lazy batches,
+inside :func:`gptq_quantize`; a test shows that the two give the same weights bit for bit.
 
 Taught in notebooks/05_gptq.ipynb.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -40,28 +46,48 @@ from typing import Any, Final
 import torch
 from torch import nn
 
-from qlearn._checks import check_bits, check_bool, check_float_tensor, check_int, check_positive
-from qlearn._progress import progress_bar
-from qlearn._sequential import (
+from qlearn import _quantized
+from qlearn._checks import (
+    check_bits,
+    check_bool,
+    check_float_tensor,
+    check_group_size,
+    check_int,
+    check_int_tensor,
+    check_module,
+    check_positive,
+)
+from qlearn._layers import (
     StopForwardError,
     calibration_batches,
     first_layer_inputs,
     linears_of,
     main_output,
+    set_weight_,
+    weight_of,
 )
+from qlearn._progress import progress_bar
+from qlearn.models import decoder_layers, linear_layers
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "DEFAULT_PERCDAMP",
+    "ColumnStep",
     "GPTQReport",
     "HessianAccumulator",
     "LayerReport",
     "QuantizedWeight",
+    "fit_quantizer",
     "gptq_quantize",
-    "gptq_quantize_model",
     "layer_error",
+    "obs_step_",
+    "prepare_hessian",
+    "quantize_codes",
+    "quantize_model",
+    "quantize_model_",
     "rtn_quantize",
     "rtn_quantize_model",
+    "rtn_quantize_model_",
 ]
 
 DEFAULT_BLOCK_SIZE: Final = 128
@@ -111,6 +137,27 @@ class QuantizedWeight:
         scale = self.scale[:, self.g_idx]
         zero = self.zero[:, self.g_idx].to(scale.dtype)
         return (scale * (self.codes.to(scale.dtype) - zero)).to(self.weight.dtype)
+
+    def nbytes(self) -> float:
+        """The bytes a GPTQ checkpoint stores for this weight (AutoGPTQ's layout).
+
+        The codes packed at ``bits`` bits; per row and group (per row without groups) one fp16
+        scale and one ``bits``-bit zero point; and ``g_idx`` (int32, one per input column) only
+        where a column's group cannot be told from its position: act-order with groups refitted
+        as the columns go (static groups and one group per row need no index).
+        Taught in notebooks/09_capstone.ipynb.
+        """
+        rows, columns = self.codes.shape
+        stored = rows * columns * self.bits / 8 + self.scale.numel() * (2 + self.bits / 8)
+        if self.group_size is not None:
+            in_order = torch.arange(columns, device=self.g_idx.device) // self.group_size
+            if not torch.equal(self.g_idx, in_order):
+                stored += 4 * columns
+        return stored
+
+    def bits_per_weight(self) -> float:
+        """8 · :meth:`nbytes` over the number of weights. Taught in notebooks/09_capstone.ipynb."""
+        return _quantized.bits_per_weight(self.nbytes(), self.codes.numel())
 
 
 class HessianAccumulator:
@@ -191,14 +238,7 @@ def gptq_quantize(
     """
     _check_weight(weight, bits, group_size)
     rows, columns = weight.shape
-    check_float_tensor(hessian, "hessian", ndim=2)
-    if hessian.shape[0] != hessian.shape[1]:
-        raise ValueError(f"hessian: expected a square matrix, got shape {tuple(hessian.shape)}")
-    if hessian.shape[0] != columns:
-        raise ValueError(
-            f"hessian: expected shape ({columns}, {columns}) to match weight's {columns} input "
-            f"columns, got {tuple(hessian.shape)}"
-        )
+    _check_hessian(hessian, columns)
     sym, act_order, static_groups = (
         check_bool(sym, "sym"),
         check_bool(act_order, "act_order"),
@@ -209,7 +249,7 @@ def gptq_quantize(
     block_size = check_int(block_size, "block_size", minimum=1)
     percdamp = check_positive(percdamp, "percdamp", strict=False)
 
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    dtype = _dtype_of(weight)
     maxq = 2**bits - 1
     with torch.no_grad():
         W = weight.detach().to(dtype, copy=True)
@@ -278,7 +318,7 @@ def rtn_quantize(
     _check_weight(weight, bits, group_size)
     sym = check_bool(sym, "sym")
     columns = weight.shape[1]
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    dtype = _dtype_of(weight)
     maxq = 2**bits - 1
     with torch.no_grad():
         W = weight.detach().to(dtype)
@@ -326,12 +366,164 @@ def layer_error(weight: torch.Tensor, quantized: torch.Tensor, hessian: torch.Te
         return float(((delta @ hessian.detach().double()) * delta).sum() / 2)
 
 
+# --------------------------------------------------------------------------------------------
+# Algorithm 1 one column at a time: the stepping API (for reading, the widget, the exercises)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: `==` on tensors is elementwise, not a bool
+class ColumnStep:
+    """What :func:`obs_step_` did to one column q of W, every row at once ([rows] each, but
+    ``update``).
+
+    ``codes``: the column's codes, clamp(round(w / scale) + zero, 0, 2^bits − 1) (floats);
+    ``quantized``: ŵ = scale · (code − zero), the values now in W[:, q]; ``error``: the scaled
+    error (w − ŵ) / Hinv[q, q] (with the Cholesky factor: (w − ŵ) / √[H_F⁻¹]_qq, the
+    reference's ``err1``; its square halved is the reference's ``Losses``); ``update``
+    [rows, in − q − 1]: what was subtracted from the columns after q, error ⊗ Hinv[q, q + 1:]
+    (eq. 3 / line 8 of Algorithm 1). Frantar et al. 2023, Algorithm 1.
+    Taught in notebooks/05_gptq.ipynb.
+    """
+
+    codes: torch.Tensor
+    quantized: torch.Tensor
+    error: torch.Tensor
+    update: torch.Tensor
+
+
+def fit_quantizer(
+    x: torch.Tensor, bits: int, *, sym: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ's quantizer grid for each row of ``x`` [rows, k]: ``(scale, zero)``, each [rows].
+
+    The reference's min/max quantizer (IST-DASLab/gptq ``quant.py``, ``find_params``): the range
+    is [min(x, 0), max(x, 0)], so that 0 is on the grid; scale = range / (2^bits − 1), zero =
+    round(−min / scale) (an integer kept as a float). ``sym``: the range [−m, m] with
+    m = max|x| (for rows with a negative value, as the reference does) and zero = 2^(bits−1).
+    An all-zero row gets the range [−1, 1]. Pass W for one grid per row, W[:, g0 : g0 + g] for
+    one group. Frantar et al. 2023, §5 (the quantizer of every experiment).
+    Taught in notebooks/05_gptq.ipynb.
+    """
+    check_float_tensor(x, "x", ndim=2)
+    bits = check_bits(bits, low=2, high=8)
+    sym = check_bool(sym, "sym")
+    with torch.no_grad():
+        return _fit(x.detach(), 2**bits - 1, sym)
+
+
+def quantize_codes(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int
+) -> torch.Tensor:
+    """The codes clamp(round(w / scale) + zero, 0, 2^bits − 1), as floats, ``w``'s shape.
+
+    ``scale`` and ``zero`` (from :func:`fit_quantizer`; ``zero`` may be an integer tensor)
+    broadcast to ``w``: [rows] for one column of W, [rows, 1] for a block of columns. Rounding
+    is ``torch.round`` (half to even), as the reference's ``quantize``. The dequantized value is
+    scale · (codes − zero). Frantar et al. 2023, Algorithm 1 line 5 (quant(·)).
+    Taught in notebooks/05_gptq.ipynb.
+    """
+    check_float_tensor(w, "w", allow_empty=True)
+    check_float_tensor(scale, "scale")
+    zero = _float_zero(zero, w.dtype)
+    bits = check_bits(bits, low=2, high=8)
+    for name, value in (("scale", scale), ("zero", zero)):
+        try:
+            shape = torch.broadcast_shapes(w.shape, value.shape)
+        except RuntimeError:
+            shape = None
+        if shape != w.shape:
+            raise ValueError(
+                f"{name}: expected a shape that broadcasts to w's {tuple(w.shape)}, "
+                f"got {tuple(value.shape)}"
+            )
+    with torch.no_grad():
+        return _codes(w.detach(), scale, zero, 2**bits - 1)
+
+
+def prepare_hessian(
+    weight: torch.Tensor, hessian: torch.Tensor, *, percdamp: float = DEFAULT_PERCDAMP
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W, Hinv)``: what Algorithm 1 starts from, as :func:`gptq_quantize` prepares it.
+
+    Copies of ``weight`` [out, in] and ``hessian`` [in, in] in float32 (float64 for a float64
+    weight); inputs that never fire (H_ii = 0) get H_ii = 1 and a zero weight column; H is
+    damped by ``percdamp`` · mean(diag H) (§4 step 3); ``Hinv`` is the upper Cholesky factor of
+    H⁻¹, whose row q holds (H_F⁻¹)_q,: / √[H_F⁻¹]_qq for F = the columns from q on (eq. 5,
+    Algorithm 1 line 2), so no column ever has to be removed from H⁻¹ (eq. 3). Fit the grid
+    with :func:`fit_quantizer` on the original weight (the reference fits before zeroing dead
+    columns), then call :func:`obs_step_` for q = 0, 1, …. The inputs are left untouched.
+    Taught in notebooks/05_gptq.ipynb.
+    """
+    check_float_tensor(weight, "weight", ndim=2)
+    _check_hessian(hessian, weight.shape[1])
+    percdamp = check_positive(percdamp, "percdamp", strict=False)
+    dtype = _dtype_of(weight)
+    with torch.no_grad():
+        W = weight.detach().to(dtype, copy=True)
+        H = hessian.detach().to(dtype, copy=True)
+        _drop_dead_inputs_(W, H)
+        return W, _damped_inverse_factor_(H, percdamp)
+
+
+def obs_step_(
+    W: torch.Tensor,
+    Hinv: torch.Tensor,
+    column: int,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    bits: int,
+) -> ColumnStep:
+    """One step of Algorithm 1, in place on ``W`` [rows, in]: quantize column ``column`` (q)
+    of every row, then move the columns after it to cancel what that rounding did to the output.
+
+    ŵ = scale · (code − zero) with the codes of :func:`quantize_codes` (``scale``, ``zero``:
+    [rows], the grid of each row or of the column's group); err = (w − ŵ) / Hinv[q, q];
+    W[:, q + 1:] −= err ⊗ Hinv[q, q + 1:] (the optimal brain surgeon update, eq. 2–3, read
+    from the Cholesky factor as in lines 6–8 of Algorithm 1); W[:, q] = ŵ. ``Hinv``: the
+    factor of :func:`prepare_hessian` (its row q is H_F⁻¹'s row for the columns still to do);
+    for q = 0 the plain inverse H⁻¹ gives the same update. Columns before q are not read: call
+    it for q = 0, 1, … in turn (columns permuted first for act-order). Returns a
+    :class:`ColumnStep`. :func:`gptq_quantize` computes the same, with lazy batch updates.
+    Frantar et al. 2023, Algorithm 1. Taught in notebooks/05_gptq.ipynb.
+    """
+    check_float_tensor(W, "W", ndim=2)
+    rows, columns = W.shape
+    check_float_tensor(Hinv, "Hinv", ndim=2)
+    if tuple(Hinv.shape) != (columns, columns):
+        raise ValueError(
+            f"Hinv: expected shape ({columns}, {columns}) to match W's {columns} columns, "
+            f"got {tuple(Hinv.shape)}"
+        )
+    column = check_int(column, "column", minimum=0)
+    if column >= columns:
+        raise ValueError(f"column: expected a column of W, 0 to {columns - 1}, got {column}")
+    check_float_tensor(scale, "scale")
+    zero = _float_zero(zero, W.dtype)
+    for name, value in (("scale", scale), ("zero", zero)):
+        if value.numel() != rows:
+            raise ValueError(
+                f"{name}: expected one value per row of W ({rows}), got shape {tuple(value.shape)}"
+            )
+    scale, zero = scale.reshape(rows), zero.reshape(rows)
+    bits = check_bits(bits, low=2, high=8)
+    with torch.no_grad():
+        w = W[:, column]
+        codes = _codes(w, scale, zero, 2**bits - 1)
+        quantized = (codes - zero).mul_(scale)  # ŵ = scale · (code − zero)
+        error = (w - quantized) / Hinv[column, column]  # (w − ŵ) / [H_F⁻¹]_qq, Cholesky form
+        update = torch.outer(error, Hinv[column, column + 1 :])  # line 8: the columns after q
+        W[:, column + 1 :] -= update
+        W[:, column] = quantized
+    return ColumnStep(codes=codes, quantized=quantized, error=error, update=update)
+
+
 @dataclass(frozen=True)
 class LayerReport:
-    """One linear layer of :func:`gptq_quantize_model`: its output error (:func:`layer_error`,
+    """One linear layer of :func:`quantize_model_`: its output error (:func:`layer_error`,
     on the calibration inputs it received) with round-to-nearest and with GPTQ, GPTQ's own
-    ``loss`` (damped Hessian), and the seconds of the :func:`gptq_quantize` call that
-    quantized it (layers fed the same input are quantized together, in one call).
+    ``loss`` (damped Hessian), the seconds of the :func:`gptq_quantize` call that
+    quantized it (layers fed the same input are quantized together, in one call), and
+    ``stored_bytes``: :meth:`QuantizedWeight.nbytes` of the layer's own GPTQ result.
     Taught in notebooks/05_gptq.ipynb."""
 
     name: str
@@ -340,18 +532,28 @@ class LayerReport:
     gptq_error: float
     loss: float
     seconds: float
+    stored_bytes: float
 
     @property
     def ratio(self) -> float:
         """GPTQ's error over RTN's (below 1: GPTQ did better)."""
         return self.gptq_error / self.rtn_error if self.rtn_error else math.nan
 
+    def nbytes(self) -> float:
+        """The bytes the layer's quantized weight stores (codes packed, scales, zeros, g_idx)."""
+        return self.stored_bytes
+
+    def bits_per_weight(self) -> float:
+        """8 · :meth:`nbytes` over the layer's out · in weights."""
+        return _quantized.bits_per_weight(self.stored_bytes, self.shape[0] * self.shape[1])
+
 
 @dataclass(frozen=True)
 class GPTQReport:
-    """What :func:`gptq_quantize_model` did: one :class:`LayerReport` per linear layer in model
+    """What :func:`quantize_model_` did: one :class:`LayerReport` per linear layer in model
     order, the calibration size, and where the time went (``seconds`` in all, of which
     ``gptq_seconds`` in :func:`gptq_quantize` and the rest mostly in forward passes).
+    :meth:`nbytes` and :meth:`bits_per_weight` count the quantized layers' storage.
     Taught in notebooks/05_gptq.ipynb."""
 
     layers: list[LayerReport]
@@ -360,6 +562,18 @@ class GPTQReport:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     gptq_seconds: float = 0.0
+
+    def nbytes(self) -> float:
+        """The bytes of every quantized layer: the sum of each :class:`QuantizedWeight`'s
+        ``nbytes()`` (codes packed, fp16 scales, zero points, g_idx where act-order needs it).
+        Embeddings, norms and the LM head, which GPTQ keeps, are not counted.
+        Taught in notebooks/09_capstone.ipynb."""
+        return sum(row.stored_bytes for row in self.layers)
+
+    def bits_per_weight(self) -> float:
+        """8 · :meth:`nbytes` over the weights of the quantized layers."""
+        n_weights = sum(row.shape[0] * row.shape[1] for row in self.layers)
+        return _quantized.bits_per_weight(self.nbytes(), n_weights)
 
     def table(self, *, every: int = 1) -> str:
         """A text table: layer, shape, RTN error, GPTQ error, ratio (every ``every``-th row)."""
@@ -374,7 +588,24 @@ class GPTQReport:
         return "\n".join(lines)
 
 
-def gptq_quantize_model(
+def quantize_model(
+    model: nn.Module,
+    calibration_texts: str | torch.Tensor | Sequence[torch.Tensor] | Sequence[str],
+    tokenizer: Any = None,
+    **options: Any,
+) -> tuple[nn.Module, GPTQReport]:
+    """Return ``(a GPTQ-quantized copy of model, a GPTQReport)``; ``model`` is left untouched.
+
+    :func:`quantize_model_` on ``copy.deepcopy(model)``, with the same arguments.
+    Frantar et al. 2023, §4. Taught in notebooks/05_gptq.ipynb.
+
+    ``options``: the keyword arguments of :func:`quantize_model_` (bits, group_size, …).
+    """
+    check_module(model)
+    return quantize_model_(copy.deepcopy(model), calibration_texts, tokenizer, **options)
+
+
+def quantize_model_(
     model: nn.Module,
     calibration_texts: str | torch.Tensor | Sequence[torch.Tensor] | Sequence[str],
     tokenizer: Any = None,
@@ -392,7 +623,7 @@ def gptq_quantize_model(
     batch_size: int = 8,
     progress: bool | None = None,
 ) -> tuple[nn.Module, GPTQReport]:
-    """Return ``(a GPTQ-quantized copy of model, a GPTQReport)``; ``model`` is left untouched.
+    """Quantize ``model``'s decoder linear layers with GPTQ, in place; return ``(model, report)``.
 
     ``calibration_texts``: a text (``nsamples`` random windows of ``seqlen`` tokens are drawn
     from it with ``qlearn.data.calibration_windows(..., seed=seed)``, as the GPTQ authors'
@@ -408,19 +639,22 @@ def gptq_quantize_model(
     rows, which gives each exactly the weights it would get alone), and a second pass through
     the quantized layer gives the next layer's inputs. The hooks and the forward passes run
     under ``torch.no_grad``. Layers are those of
-    ``qlearn.models.linear_layers``; embeddings, norms and the LM head are kept.
+    ``qlearn.models.linear_layers``; embeddings, norms and the LM head are kept. The report's
+    ``nbytes()`` counts what the quantized layers store. Arguments are checked before any
+    work; an error in a forward pass leaves the model partly quantized.
     Taught in notebooks/05_gptq.ipynb.
     """
-    from qlearn.models import decoder_layers, get_weight, linear_layers, set_weight_
-
     started = time.perf_counter()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     bits = check_bits(bits, low=2, high=8)
     for name, layer in linear_layers(model):  # every layer checked before any work
-        weight = get_weight(layer)
         if group_size is not None:
-            _check_group_size(group_size, weight.shape[1], name=f"group_size (layer {name})")
+            check_group_size(
+                group_size,
+                weight_of(layer).shape[1],
+                f"group_size (layer {name})",
+                must_divide=False,
+            )
     for name, value in (("sym", sym), ("act_order", act_order), ("static_groups", static_groups)):
         check_bool(value, name)
     if static_groups and group_size is None:
@@ -430,7 +664,7 @@ def gptq_quantize_model(
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     batches = calibration_batches(calibration_texts, tokenizer, nsamples, seqlen, seed, batch_size)
 
-    quantized = copy.deepcopy(model)
+    quantized = model
     was_training = quantized.training
     quantized.eval()
     prefix, blocks = decoder_layers(quantized)
@@ -448,7 +682,7 @@ def gptq_quantize_model(
                 # their stacked rows, which gives each the same weights as alone (rows are
                 # independent) with a third of the column steps.
                 for names, H in _block_hessians(block, list(linears.items()), inputs, extra_args):
-                    Ws = [get_weight(linears[name]).detach() for name in names]
+                    Ws = [weight_of(linears[name]).detach() for name in names]
                     tick = time.perf_counter()
                     result = gptq_quantize(
                         torch.cat(Ws) if len(Ws) > 1 else Ws[0],
@@ -467,7 +701,8 @@ def gptq_quantize_model(
                     for name, W in zip(names, Ws, strict=True):
                         rows_of_W = slice(start, start + W.shape[0])
                         start += W.shape[0]
-                        Q = result.weight[rows_of_W]
+                        own = _rows(result, rows_of_W)  # this layer's part of the result
+                        Q = own.weight
                         rtn = rtn_quantize(W, bits=bits, group_size=group_size, sym=sym)
                         rtn_error, gptq_error = _errors(W, (rtn.weight, Q), H)
                         found[name] = LayerReport(
@@ -475,8 +710,9 @@ def gptq_quantize_model(
                             shape=(W.shape[0], W.shape[1]),
                             rtn_error=rtn_error,
                             gptq_error=gptq_error,
-                            loss=float(result.losses[rows_of_W].sum()),
+                            loss=float(own.losses.sum()),
                             seconds=seconds,
+                            stored_bytes=own.nbytes(),
                         )
                         set_weight_(linears[name], Q)
                 rows.extend(found[name] for name in linears)  # in model order
@@ -511,23 +747,36 @@ def rtn_quantize_model(
 ) -> nn.Module:
     """Return a copy of ``model`` whose decoder linear weights are :func:`rtn_quantize`-d.
 
-    The RTN rows of the chapter's perplexity table (the reference's ``--nearest``); ``model``
-    is left untouched. Frantar et al. 2023, §5. Taught in notebooks/05_gptq.ipynb.
+    :func:`rtn_quantize_model_` on ``copy.deepcopy(model)``; ``model`` is left untouched.
+    Frantar et al. 2023, §5. Taught in notebooks/05_gptq.ipynb.
     """
-    from qlearn.models import get_weight, linear_layers, set_weight_
+    check_module(model)
+    return rtn_quantize_model_(copy.deepcopy(model), bits=bits, group_size=group_size, sym=sym)
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+
+def rtn_quantize_model_(
+    model: nn.Module, *, bits: int = 4, group_size: int | None = None, sym: bool = False
+) -> nn.Module:
+    """Round every decoder linear weight of ``model`` to nearest with GPTQ's quantizer
+    (:func:`rtn_quantize`), in place; return ``model``.
+
+    The RTN rows of the chapter's perplexity table (the reference's ``--nearest``). Layers are
+    those of ``qlearn.models.linear_layers``; every one is checked before any is changed.
+    Frantar et al. 2023, §5. Taught in notebooks/05_gptq.ipynb.
+    """
+    check_module(model)
     bits = check_bits(bits, low=2, high=8)
     check_bool(sym, "sym")
-    for name, layer in linear_layers(model):
+    layers = list(linear_layers(model))
+    for name, layer in layers:
         if group_size is not None:
-            _check_group_size(group_size, get_weight(layer).shape[1], f"group_size ({name})")
-    quantized = copy.deepcopy(model)
-    for _, layer in linear_layers(quantized):
-        weight = get_weight(layer).detach()
+            check_group_size(
+                group_size, weight_of(layer).shape[1], f"group_size ({name})", must_divide=False
+            )
+    for _, layer in layers:
+        weight = weight_of(layer).detach()
         set_weight_(layer, rtn_quantize(weight, bits=bits, group_size=group_size, sym=sym).weight)
-    return quantized
+    return model
 
 
 # --------------------------------------------------------------------------------------------
@@ -664,7 +913,7 @@ def _one_thread() -> Iterator[None]:
 
     Its operations touch at most block_size × rows values: too small to share between
     threads, and on a busy CPU the waits between them made the loop up to 50× slower
-    (DESIGN.md §3; benchmarks/bench_gptq.py).
+    (docs/design.md, "Anchor figures"; benchmarks/bench_gptq.py).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -742,19 +991,45 @@ def _errors(W: torch.Tensor, quantized: tuple[torch.Tensor, ...], H: torch.Tenso
     return [float(e) / 2 for e in ((deltas @ H.float()) * deltas).sum(dim=(1, 2))]
 
 
+def _rows(result: QuantizedWeight, rows: slice) -> QuantizedWeight:
+    """The rows ``rows`` of a result (views): one layer's part of a stacked GPTQ call."""
+    return dataclasses.replace(
+        result,
+        weight=result.weight[rows],
+        codes=result.codes[rows],
+        scale=result.scale[rows],
+        zero=result.zero[rows],
+        losses=None if result.losses is None else result.losses[rows],
+    )
+
+
 def _check_weight(weight: Any, bits: Any, group_size: Any) -> None:
     check_float_tensor(weight, "weight", ndim=2)
     check_bits(bits, low=2, high=8)
-    _check_group_size(group_size, weight.shape[1])
+    if group_size is not None:  # need not divide: 576 inputs in groups of 128 are 4 × 128 + 64
+        check_group_size(group_size, weight.shape[1], must_divide=False)
 
 
-def _check_group_size(group_size: Any, columns: int, name: str = "group_size") -> None:
-    """None, or a group size from 1 to ``columns``; it need not divide ``columns``: the last
-    group is then shorter, as in the reference (groups of 128 on 576 inputs: 4 × 128 + 64)."""
-    if group_size is None:
-        return
-    group_size = check_int(group_size, name, minimum=1)
-    if group_size > columns:
+def _check_hessian(hessian: Any, columns: int) -> None:
+    """A float [columns, columns] matrix (positive definiteness is found by the Cholesky)."""
+    check_float_tensor(hessian, "hessian", ndim=2)
+    if hessian.shape[0] != hessian.shape[1]:
+        raise ValueError(f"hessian: expected a square matrix, got shape {tuple(hessian.shape)}")
+    if hessian.shape[0] != columns:
         raise ValueError(
-            f"{name}: expected at most the number of input columns ({columns}), got {group_size}"
+            f"hessian: expected shape ({columns}, {columns}) to match weight's {columns} input "
+            f"columns, got {tuple(hessian.shape)}"
         )
+
+
+def _float_zero(zero: Any, dtype: torch.dtype) -> torch.Tensor:
+    """A zero point as floats: float tensors as they are, integer ones (uint8) converted."""
+    if isinstance(zero, torch.Tensor) and not zero.is_floating_point():
+        return check_int_tensor(zero, "zero").to(dtype)
+    check_float_tensor(zero, "zero")
+    return zero
+
+
+def _dtype_of(weight: torch.Tensor) -> torch.dtype:
+    """GPTQ computes in float32, or in float64 for a float64 weight."""
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32

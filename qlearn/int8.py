@@ -34,8 +34,10 @@ from typing import Final
 import torch
 from torch import nn
 
-from qlearn._checks import check_choice, check_float_tensor, check_int, check_positive
+from qlearn._checks import check_choice, check_float_tensor, check_int, check_module, check_positive
+from qlearn._layers import model_device
 from qlearn._progress import progress_bar
+from qlearn._quantized import bits_per_weight
 from qlearn.data import token_batches
 
 __all__ = [
@@ -49,7 +51,8 @@ __all__ = [
     "llm_int8_matmul",
     "outlier_column_fraction",
     "outlier_columns",
-    "quantize_model_int8",
+    "quantize_model",
+    "quantize_model_",
     "vectorwise_quantize",
     "w8a8_matmul",
 ]
@@ -86,6 +89,21 @@ class VectorwiseInt8:
         ``int8_vectorwise_dequant``, bit for bit); outlier columns come back as 0.
         Dettmers et al. 2022, eq. 1. Taught in notebooks/04_llm_int8.ipynb."""
         return self.codes * self.row_absmax.unsqueeze(-1) * _INV_QMAX
+
+    def nbytes(self) -> int:
+        """Bytes stored: one per int8 code, 4 per float32 row absmax, and the outlier column
+        indices as held (int64: 8 bytes each). The outlier *values* are not part of the result:
+        :func:`llm_int8_matmul` reads them from x in 16 bits. Dettmers et al. 2022, §3.1–3.2.
+        Taught in notebooks/04_llm_int8.ipynb."""
+        return (
+            self.codes.numel()
+            + 4 * self.row_absmax.numel()
+            + self.outlier_cols.numel() * self.outlier_cols.element_size()
+        )
+
+    def bits_per_weight(self) -> float:
+        """``8 · nbytes()`` per code: 8 + 32 / row length without outlier columns."""
+        return bits_per_weight(self.nbytes(), self.codes.numel())
 
 
 @dataclass(frozen=True, eq=False)
@@ -249,11 +267,8 @@ class Int8Linear(nn.Module):
         mode: str = "llm.int8",
     ) -> None:
         super().__init__()
-        self.in_features = check_int(in_features, "in_features")
-        self.out_features = check_int(out_features, "out_features")
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value}")
+        self.in_features = check_int(in_features, "in_features", minimum=1)
+        self.out_features = check_int(out_features, "out_features", minimum=1)
         self.threshold = check_positive(threshold, "threshold")
         self.mode = check_choice(mode, "mode", MODES)
         self.register_buffer(
@@ -291,12 +306,22 @@ class Int8Linear(nn.Module):
             layer.bias = bias.detach().clone()
         return layer
 
-    def dequantized_weight(self) -> torch.Tensor:
+    def dequantize(self) -> torch.Tensor:
         """The weight the layer multiplies with, [out, in] float32: codes · absmax / 127.
 
         Plot it against the original to see what int8 costs. Dettmers et al. 2022, eq. 1.
         Taught in notebooks/04_llm_int8.ipynb."""
         return VectorwiseInt8(self.weight_codes, self.weight_absmax, _no_columns()).dequantize()
+
+    def nbytes(self) -> int:
+        """Bytes of the quantized weight: one per int8 code, 4 per float32 row absmax (the bias
+        is kept as it was and not counted). Dettmers et al. 2022, §3.1. Taught in
+        notebooks/09_capstone.ipynb."""
+        return self.weight_codes.numel() + 4 * self.weight_absmax.numel()
+
+    def bits_per_weight(self) -> float:
+        """``8 · nbytes()`` per weight: 8 + 32 / in_features."""
+        return bits_per_weight(self.nbytes(), self.weight_codes.numel())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] → [..., out] in x's dtype, computed as ``mode`` says (see the class)."""
@@ -320,29 +345,40 @@ class Int8Linear(nn.Module):
         )
 
 
-def quantize_model_int8(
+def quantize_model(
     model: nn.Module, *, threshold: float = DEFAULT_THRESHOLD, mode: str = "llm.int8"
 ) -> nn.Module:
-    """Return a copy of ``model`` whose decoder linear layers are :class:`Int8Linear`.
+    """Return a copy of ``model`` whose decoder linear layers are :class:`Int8Linear`;
+    ``model`` is left untouched. See :func:`quantize_model_`. Dettmers et al. 2022, §3.
+    Taught in notebooks/04_llm_int8.ipynb."""
+    check_module(model)
+    threshold = check_positive(threshold, "threshold")
+    mode = check_choice(mode, "mode", MODES)
+    return quantize_model_(copy.deepcopy(model), threshold=threshold, mode=mode)
+
+
+def quantize_model_(
+    model: nn.Module, *, threshold: float = DEFAULT_THRESHOLD, mode: str = "llm.int8"
+) -> nn.Module:
+    """In place: replace every decoder linear layer of ``model`` by an :class:`Int8Linear`;
+    return ``model``.
 
     Every layer of ``qlearn.models.linear_layers`` (``nn.Linear`` and GPT-2 ``Conv1D`` inside
-    the decoder blocks) is replaced; embeddings, norms and the LM head are kept. ``model`` is
-    left untouched. ``mode``: ``"llm.int8"`` (default), ``"vector"`` or ``"tensor"`` W8A8, the
-    three rows of the chapter's perplexity table. Dettmers et al. 2022, §3 (and Table 1).
-    Taught in notebooks/04_llm_int8.ipynb.
+    the decoder blocks) is replaced; embeddings, norms and the LM head are kept. ``mode``:
+    ``"llm.int8"`` (default), ``"vector"`` or ``"tensor"`` W8A8, the three rows of the chapter's
+    perplexity table. Dettmers et al. 2022, §3 (and Table 1). Taught in
+    notebooks/04_llm_int8.ipynb.
     """
     from qlearn.models import linear_layers
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     threshold = check_positive(threshold, "threshold")
     mode = check_choice(mode, "mode", MODES)
-    quantized = copy.deepcopy(model)
-    for name, layer in list(linear_layers(quantized)):
+    for name, layer in list(linear_layers(model)):
         parent_name, _, child = name.rpartition(".")
-        parent = quantized.get_submodule(parent_name)
+        parent = model.get_submodule(parent_name)
         setattr(parent, child, Int8Linear.from_linear(layer, threshold=threshold, mode=mode))
-    return quantized
+    return model
 
 
 def find_outlier_features(
@@ -366,12 +402,11 @@ def find_outlier_features(
     """
     from qlearn.models import linear_layers
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     threshold = check_positive(threshold, "threshold")
     batches = token_batches(texts_or_batches, tokenizer)
     layers = list(linear_layers(model))
-    device = _model_device(model)
+    device = model_device(model)
     stats: dict[str, _Tally] = {}
     handles = []
     try:
@@ -557,10 +592,3 @@ class _Tally:
             counts=counts[dims],
             max_abs=max_abs,
         )
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")

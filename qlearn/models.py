@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qlearn._checks import check_float_tensor
+from qlearn import _layers
+from qlearn._checks import check_module
+from qlearn._layers import is_linear, weight_of
 
 __all__ = [
     "DEFAULT_GGUF_FILE",
@@ -203,6 +205,7 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     It is the module list whose length is the config's number of layers (``model.layers`` in
     Llama, ``transformer.h`` in GPT-2); when several match, the one holding most parameters.
     """
+    check_module(model)
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     candidates = [
         (sum(p.numel() for p in module.parameters()), name, module)
@@ -227,29 +230,18 @@ def linear_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """
     prefix, blocks = decoder_layers(model)
     for name, module in blocks.named_modules():
-        if _is_linear(module):
+        if is_linear(module):
             yield f"{prefix}.{name}", module
 
 
 def get_weight(layer: nn.Module) -> torch.Tensor:
     """The layer's weight as [out_features, in_features] (a view; ``Conv1D``'s is transposed)."""
-    if not _is_linear(layer):
-        raise TypeError(
-            f"layer: expected nn.Linear or transformers Conv1D, got {type(layer).__name__}"
-        )
-    return layer.weight.T if _is_conv1d(layer) else layer.weight
+    return weight_of(layer)
 
 
 def set_weight_(layer: nn.Module, weight: torch.Tensor) -> None:
     """Overwrite the layer's weight in place with ``weight``, given as [out, in]."""
-    current = get_weight(layer)
-    check_float_tensor(weight, "weight")
-    if weight.shape != current.shape:
-        raise ValueError(
-            f"weight: expected shape {tuple(current.shape)} ([out, in]), got {tuple(weight.shape)}"
-        )
-    with torch.no_grad():
-        current.copy_(weight.to(current.dtype))
+    _layers.set_weight_(layer, weight)
 
 
 def model_footprint(model: nn.Module) -> int:
@@ -257,6 +249,7 @@ def model_footprint(model: nn.Module) -> int:
 
     Taught in notebooks/01_float_formats.ipynb (memory = parameters × bytes per parameter).
     """
+    check_module(model)
     seen: set[tuple[int, int]] = set()
     total = 0
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -279,18 +272,6 @@ def _forget_gguf_origin_(model: nn.Module) -> None:
     model.quantization_method = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-
-
-def _is_conv1d(module: nn.Module) -> bool:
-    try:
-        from transformers.pytorch_utils import Conv1D
-    except ImportError:  # transformers is a dependency; be tolerant in bare environments
-        return False
-    return isinstance(module, Conv1D)
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or _is_conv1d(module)
 
 
 @lru_cache(maxsize=4)

@@ -35,15 +35,28 @@ nearest level (within 1.5e-5 of a midpoint).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 import torch
 from torch import nn
 
-from qlearn._checks import check_bool, check_choice, check_float_tensor, check_int, check_positive
+from qlearn._checks import (
+    check_bool,
+    check_choice,
+    check_float_tensor,
+    check_int,
+    check_int_tensor,
+    check_module,
+    check_positive,
+    describe,
+)
+from qlearn._layers import set_weight_, weight_of
+from qlearn._quantized import bits_per_weight
 
 __all__ = [
     "DOUBLE_QUANT_BLOCKSIZE",
@@ -65,7 +78,8 @@ __all__ = [
     "pack_4bit",
     "quantize_4bit",
     "quantize_dynamic_8bit",
-    "quantize_model_4bit",
+    "quantize_model",
+    "quantize_model_",
     "unpack_4bit",
 ]
 
@@ -79,6 +93,7 @@ DOUBLE_QUANT_BLOCKSIZE: Final = 256
 
 _ABSMAX_FLOOR: Final = 1e-38  # bitsandbytes' guard on 1 / absmax for an all-zero block
 _LUT_SIZE: Final = 65536  # bitsandbytes' CPU 8-bit quantizer: a table over [-1, 1]
+_CHUNK: Final = 1 << 20  # dequantize_4bit: beyond this many packed bytes, in chunks of it
 
 
 def nf4_levels(offset: float = NF4_OFFSET) -> torch.Tensor:
@@ -147,13 +162,20 @@ class DynamicQuantized:
 
     def dequantize(self) -> torch.Tensor:
         """The float32 values: code book value times the block's absmax."""
-        values = _dynamic_map()[self.codes.long()]
-        scale = self.absmax.repeat_interleave(self.blocksize)[: values.numel()]
-        return values * scale
+        values = _dynamic_map().index_select(0, self.codes.reshape(-1).int())
+        blocksize, full = self.blocksize, values.numel() // self.blocksize
+        values[: full * blocksize].view(full, blocksize).mul_(self.absmax[:full, None])
+        if values.numel() > full * blocksize:  # the last block is shorter
+            values[full * blocksize :].mul_(self.absmax[full])
+        return values.view(self.codes.shape)
 
     def nbytes(self) -> int:
         """Bytes stored: one per code, four per block absmax."""
         return self.codes.numel() + 4 * self.absmax.numel()
+
+    def bits_per_weight(self) -> float:
+        """``8 · nbytes()`` per code: 8 + 32 / blocksize (8.125 in blocks of 256)."""
+        return bits_per_weight(self.nbytes(), self.codes.numel())
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,7 +236,7 @@ class Quantized4bit:
     def bits_per_weight(self) -> float:
         """``nbytes()`` in bits per weight: 4.5 at blocksize 64, ≈4.127 with double quantization
         (QLoRA §3: 4 + 32/64, and 4 + 8/64 + 32/(64·256))."""
-        return 8 * self.nbytes() / math.prod(self.shape)
+        return bits_per_weight(self.nbytes(), math.prod(self.shape))
 
 
 def quantize_4bit(
@@ -278,8 +300,18 @@ def dequantize_4bit(q: Quantized4bit) -> torch.Tensor:
     """
     if not isinstance(q, Quantized4bit):
         raise TypeError(f"q: expected a Quantized4bit, got {type(q).__name__}")
-    values = q.levels[unpack_4bit(q.packed).long()].reshape(-1, q.blocksize)
-    return (values * q.block_absmax()[:, None]).reshape(q.shape).to(q.dtype)
+    # A table lookup instead of unpacking: entry b of a 256-entry table holds the two float32
+    # levels that byte b stands for (high nibble first), gathered as one 8-byte item; then each
+    # block times its absmax (the same float32 products as level · absmax).
+    packed = q.packed.reshape(-1)
+    absmax = q.block_absmax()
+    if packed.numel() > _CHUNK and packed.device.type == "cpu" and q.blocksize >= 4:
+        values = _dequantize_large(packed, absmax, q.blocksize, q.quant_type)
+    else:
+        pairs = _pair_table(q.quant_type).to(packed.device)
+        values = pairs.index_select(0, packed.int()).view(torch.float32).view(-1, q.blocksize)
+        values.mul_(absmax.unsqueeze(1))
+    return values.view(q.shape).to(q.dtype)
 
 
 def nf4_dequantize(q: Quantized4bit) -> torch.Tensor:
@@ -288,7 +320,7 @@ def nf4_dequantize(q: Quantized4bit) -> torch.Tensor:
     return dequantize_4bit(q)
 
 
-def quantize_model_4bit(
+def quantize_model(
     model: nn.Module,
     *,
     quant_type: str = NF4,
@@ -296,31 +328,39 @@ def quantize_model_4bit(
     double_quant: bool = False,
 ) -> nn.Module:
     """Return a copy of ``model`` whose decoder linear weights are replaced by their NF4 (or FP4)
-    round trip; ``model`` is left untouched.
+    round trip; ``model`` is left untouched. See :func:`quantize_model_`. QLoRA §3.
+    Taught in notebooks/08_awq_nf4.ipynb."""
+    _check_model_args(model, quant_type, blocksize, double_quant)
+    return quantize_model_(
+        copy.deepcopy(model), quant_type=quant_type, blocksize=blocksize, double_quant=double_quant
+    )
+
+
+def quantize_model_(
+    model: nn.Module,
+    *,
+    quant_type: str = NF4,
+    blocksize: int = 64,
+    double_quant: bool = False,
+) -> nn.Module:
+    """In place: replace each decoder linear weight by its NF4 (or FP4) round trip; return
+    ``model``.
 
     Each weight, seen as [out, in] (``qlearn.models.get_weight``), goes through
     :func:`quantize_4bit` and :func:`dequantize_4bit`: the values a ``load_in_4bit`` model
     multiplies with (QLoRA §3; bitsandbytes dequantizes to 16 bits before each matmul).
     Embeddings, norms and the LM head are kept. Taught in notebooks/08_awq_nf4.ipynb.
     """
-    import copy
+    from qlearn.models import linear_layers
 
-    from qlearn.models import get_weight, linear_layers, set_weight_
-
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    check_choice(quant_type, "quant_type", QUANT_TYPES)
-    double_quant = check_bool(double_quant, "double_quant")
-    for _, layer in linear_layers(model):  # every layer checked before any work
-        _check_blocksize(blocksize, get_weight(layer).numel())
-    quantized = copy.deepcopy(model)
-    for _, layer in linear_layers(quantized):
-        weight = get_weight(layer).detach()
+    _check_model_args(model, quant_type, blocksize, double_quant)
+    for _, layer in linear_layers(model):
+        weight = weight_of(layer).detach()
         q = quantize_4bit(
             weight, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant
         )
         set_weight_(layer, q.dequantize())
-    return quantized
+    return model
 
 
 def quantize_dynamic_8bit(x: torch.Tensor, *, blocksize: int = 256) -> DynamicQuantized:
@@ -358,10 +398,7 @@ def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
     Byte k = codes[2k] · 16 + codes[2k + 1]: the first code of each pair in the high nibble, as
     bitsandbytes stores them. Taught in notebooks/08_awq_nf4.ipynb.
     """
-    if not isinstance(codes, torch.Tensor):
-        raise TypeError(f"codes: expected a torch.Tensor, got {type(codes).__name__}")
-    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
-        raise TypeError(f"codes: expected an integer tensor, got dtype {codes.dtype}")
+    check_int_tensor(codes, "codes")
     flat = codes.reshape(-1)
     if flat.numel() % 2:
         raise ValueError(f"codes: expected an even number of codes, got {flat.numel()}")
@@ -377,7 +414,7 @@ def unpack_4bit(packed: torch.Tensor) -> torch.Tensor:
     """The codes of :func:`pack_4bit`, flattened: high nibble first, then low (uint8).
     Taught in notebooks/08_awq_nf4.ipynb."""
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8:
-        raise TypeError(f"packed: expected a uint8 tensor, got {_describe(packed)}")
+        raise TypeError(f"packed: expected a uint8 tensor, got {describe(packed)}")
     flat = packed.reshape(-1)
     return torch.stack([flat >> 4, flat & 0x0F], dim=1).reshape(-1)
 
@@ -401,6 +438,50 @@ def _nearest_level(scaled: torch.Tensor, quant_type: str) -> torch.Tensor:
     midpoints = (ordered[:-1] + ordered[1:]) / 2
     rank = torch.searchsorted(midpoints, scaled, side="left")  # number of midpoints < value
     return order[rank].to(torch.uint8)
+
+
+def _dequantize_large(
+    packed: torch.Tensor, absmax: torch.Tensor, blocksize: int, quant_type: str
+) -> torch.Tensor:
+    """:func:`dequantize_4bit` of a large tensor on the CPU, [n_blocks, blocksize] float32.
+
+    The profile of the 256-entry path on 28M values (49152 × 576): fresh index and value
+    tensors, page-faulted in, cost more than the lookup itself. Here the bytes are read two at a
+    time (uint16) and looked up in a 65,536-entry table of four levels (16 bytes), in chunks of
+    ``_CHUNK`` bytes that stay in cache while each block is multiplied by its absmax.
+    """
+    quads = _quad_table(quant_type)
+    pairs_of_bytes = packed.numpy().view(np.uint16)
+    scale = absmax.numpy()
+    out = np.empty(pairs_of_bytes.size, dtype=np.complex128)  # 16 bytes: four float32 values
+    values = out.view(np.float32).reshape(-1, blocksize)
+    per_block = blocksize // 4  # uint16 items per block
+    step = max(1, _CHUNK // 2 // per_block) * per_block
+    for start in range(0, pairs_of_bytes.size, step):
+        stop = min(start + step, pairs_of_bytes.size)
+        np.take(quads, pairs_of_bytes[start:stop], out=out[start:stop], mode="clip")
+        blocks = slice(start // per_block, stop // per_block)
+        np.multiply(values[blocks], scale[blocks, None], out=values[blocks])
+    return torch.from_numpy(values)
+
+
+@functools.cache
+def _quad_table(quant_type: str) -> np.ndarray:
+    """65,536 entries of 16 bytes: entry k holds the four float32 levels of the two bytes that
+    make up the uint16 k in memory (first byte's high nibble first)."""
+    levels = (NF4_LEVELS if quant_type == NF4 else FP4_LEVELS).numpy()
+    two_bytes = np.arange(65536, dtype=np.uint16).view(np.uint8).reshape(-1, 2)
+    nibbles = np.stack([two_bytes >> 4, two_bytes & 0x0F], axis=2).reshape(-1, 4)
+    return np.ascontiguousarray(levels[nibbles]).view(np.complex128).reshape(-1)
+
+
+@functools.cache
+def _pair_table(quant_type: str) -> torch.Tensor:
+    """256 entries of 8 bytes: entry b holds the float32 levels[b >> 4] and levels[b & 15], in
+    that order, the two values byte b stands for (viewed as int64 only to gather them as one)."""
+    levels = NF4_LEVELS if quant_type == NF4 else FP4_LEVELS
+    pairs = torch.stack([levels.repeat_interleave(16), levels.repeat(16)], dim=1).contiguous()
+    return pairs.view(torch.int64).reshape(256)
 
 
 @functools.cache
@@ -436,7 +517,14 @@ def _check_blocksize(blocksize: object, numel: int | None) -> int:
     return blocksize
 
 
-def _describe(value: object) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return f"{value!r} ({type(value).__name__})"
+def _check_model_args(
+    model: object, quant_type: object, blocksize: object, double_quant: object
+) -> None:
+    """Every argument of :func:`quantize_model_`, every layer's blocksize, before any work."""
+    from qlearn.models import linear_layers
+
+    check_module(model)
+    check_choice(quant_type, "quant_type", QUANT_TYPES)
+    check_bool(double_quant, "double_quant")
+    for _, layer in linear_layers(model):
+        _check_blocksize(blocksize, weight_of(layer).numel())

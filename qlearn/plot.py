@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 
 from qlearn._checks import check_float_tensor, check_int
 
@@ -20,6 +20,7 @@ __all__ = [
     "activation_heatmap",
     "bar_chart",
     "bit_layout",
+    "draw_block",
     "quantization_staircase",
     "range_histogram",
     "spacing_plot",
@@ -115,6 +116,47 @@ def bit_layout(code: int, fmt: str, *, title: str | None = None) -> Figure:
         fontsize=8,
     )
     ax.set_title(title or f"{fmt}: code 0x{code:0{(info.bits + 3) // 4}x} = {decoded.value!r}")
+    fig.tight_layout()
+    return fig
+
+
+def draw_block(raw_block: np.ndarray | bytes, qtype: str, *, title: str | None = None) -> Figure:
+    """One GGUF block's bytes, coloured by field (``qlearn.gguf.LAYOUTS``), each cell showing
+    its hex value; 16 bytes a row. Gerganov et al., ggml (2023), ``ggml-common.h``'s block
+    structs. Taught in notebooks/06_gguf.ipynb."""
+    from qlearn import gguf
+
+    gguf.unpack_block(raw_block, qtype)  # checks the type and the block's length
+    fmt = gguf.BLOCKS[qtype]
+    if isinstance(raw_block, np.ndarray):
+        raw = np.ascontiguousarray(raw_block).ravel()
+    else:
+        raw = np.frombuffer(raw_block, dtype=np.uint8)
+    per_row = 16 if fmt.type_size > 36 else fmt.type_size
+    n_rows = -(-fmt.type_size // per_row)
+    colors = dict(zip(["d", "dmin", "m", "scales", "hmask", "qh", "qs", "ql"],
+                      plt.get_cmap("tab10").colors, strict=False))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(0.32 * per_row + 2.2, 0.32 * n_rows + 0.9))
+    position = 0
+    for field, size in fmt.layout:
+        for _ in range(size):
+            row, col = divmod(position, per_row)
+            ax.add_patch(Rectangle((col, -row), 1, 1, facecolor=colors[field], edgecolor="white"))
+            ax.text(col + 0.5, -row + 0.5, f"{raw[position]:02x}", ha="center", va="center",
+                    fontsize=7, color="white", family="monospace")  # fmt: skip
+            position += 1
+    ax.set_xlim(0, per_row)
+    ax.set_ylim(-n_rows + 1, 1)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    handles = [Patch(color=colors[f], label=f"{f} ({n} B)") for f, n in fmt.layout]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False,
+              fontsize=8)  # fmt: skip
+    ax.set_title(
+        title
+        or f"{fmt.name}: {fmt.type_size} bytes hold {fmt.block_size} weights "
+        f"({fmt.bits_per_weight:g} bits each)"
+    )
     fig.tight_layout()
     return fig
 

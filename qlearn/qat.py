@@ -23,18 +23,22 @@ per output channel) in every forward pass. Taught in notebooks/07_qat_bitnet.ipy
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn._checks import check_bits, check_float_tensor, check_int, check_positive
+from qlearn import affine
+from qlearn._checks import (
+    check_bits,
+    check_float_tensor,
+    check_int,
+    check_positive,
+)
+from qlearn.affine import MIN_SCALE, ZEROPOINT
 
 __all__ = ["QATLinear", "code_range", "fake_quantize", "straight_through_mask"]
-
-_MAX_BITS: Final = 16
-_TINY: Final = torch.finfo(torch.float32).smallest_normal  # the same guard as qlearn.affine
 
 
 def fake_quantize(
@@ -83,8 +87,7 @@ def code_range(bits: int) -> tuple[int, int]:
 
     Taught in notebooks/07_qat_bitnet.ipynb.
     """
-    bits = check_bits(bits, low=2, high=_MAX_BITS)
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return affine.code_range(ZEROPOINT, bits)  # checks bits: 2 to affine.MAX_BITS
 
 
 class QATLinear(nn.Linear):
@@ -139,7 +142,7 @@ class QATLinear(nn.Linear):
         (float32, no gradient). Dettmers et al. 2022, §2; Nagel et al. 2021, §2.2."""
         with torch.no_grad():
             amax = self.weight.detach().float().abs().amax(dim=1, keepdim=True)
-            return (amax / (2 ** (self.bits - 1) - 1)).clamp(min=_TINY)
+            return (amax / (2 ** (self.bits - 1) - 1)).clamp(min=MIN_SCALE)
 
     def quantized_weight(self) -> torch.Tensor:
         """Ŵ, the fake-quantized weight the forward pass uses (with the STE attached)."""

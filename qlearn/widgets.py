@@ -319,51 +319,40 @@ def gptq_step(
 
     The plain optimal-brain-surgeon update, one column at a time and without lazy batches
     (Frantar et al. 2023, §3 eq. 2–3): quantize column q (GPTQ's per-row min/max quantizer,
-    fitted on the original weights), then W[:, F] −= (w − q) / [H_F⁻¹]_qq · (H_F⁻¹)_q,: over the
-    columns F still to do, reading (H_F⁻¹)_q,: from the upper Cholesky factor of H⁻¹ (§4 step 3,
-    eq. 5). ``hessian``: [in, in], e.g. from :class:`qlearn.gptq.HessianAccumulator`; dead inputs
-    and damping as :func:`qlearn.gptq.gptq_quantize`, whose result (with one scale per row and
+    :func:`qlearn.gptq.fit_quantizer`, fitted on the original weights), then
+    W[:, F] −= (w − q) / [H_F⁻¹]_qq · (H_F⁻¹)_q,: over the columns F still to do, reading
+    (H_F⁻¹)_q,: from the upper Cholesky factor of H⁻¹ (§4 step 3, eq. 5): the loop of
+    :func:`qlearn.gptq.obs_step_` over :func:`qlearn.gptq.prepare_hessian`'s W and Hinv.
+    ``hessian``: [in, in], e.g. from :class:`qlearn.gptq.HessianAccumulator`; dead inputs and
+    damping as :func:`qlearn.gptq.gptq_quantize`, whose result (with one scale per row and
     ``block_size=in``) the state after the last column equals exactly. Taught in
     notebooks/05_gptq.ipynb.
     """
     check_float_tensor(weight, "weight", ndim=2)
-    check_float_tensor(hessian, "hessian", ndim=2)
     columns = weight.shape[1]
-    if tuple(hessian.shape) != (columns, columns):
-        raise ValueError(
-            f"hessian: expected shape ({columns}, {columns}) to match weight's {columns} input "
-            f"columns, got {tuple(hessian.shape)}"
-        )
     bits = check_bits(bits, low=2, high=8)
     column = check_int(column, "column", minimum=0)
     if column >= columns:
         raise ValueError(f"column: expected a column of weight, 0 to {columns - 1}, got {column}")
     sym = check_bool(sym, "sym")
-    percdamp = check_positive(percdamp, "percdamp", strict=False)
 
     dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    maxq = 2**bits - 1
     with torch.no_grad():
         original = weight.detach().to(dtype, copy=True)
-        W = original.clone()
-        H = hessian.detach().to(dtype, copy=True)
-        scale, zero = gptq._fit(W, maxq, sym)  # one scale and zero per row, as GPTQ fits them
-        gptq._drop_dead_inputs_(W, H)  # inputs that never fire: H_ii = 1, weight 0
-        Hinv = gptq._damped_inverse_factor_(H, percdamp)  # row q: (H_F⁻¹)_q,: / √[H_F⁻¹]_qq
+        # One scale and zero per row, fitted on the original weights, as GPTQ fits them.
+        scale, zero = gptq.fit_quantizer(original, bits, sym=sym)
+        # Dead inputs (H_ii = 1, weight 0), damping, Hinv row q: (H_F⁻¹)_q,: / √[H_F⁻¹]_qq.
+        W, Hinv = gptq.prepare_hessian(original, hessian, percdamp=percdamp)
         codes = torch.empty(W.shape[0], column + 1, dtype=dtype)
         error = torch.empty_like(codes)
         spread = torch.zeros_like(W)
         for q in range(column + 1):
-            w = W[:, q].clone()
-            codes[:, q] = torch.div(w, scale).round_().add_(zero).clamp_(0, maxq)
-            Q = (codes[:, q] - zero).mul_(scale)
-            error[:, q] = w - Q
-            err = error[:, q] / Hinv[q, q]  # (w − q) / [H_F⁻¹]_qq, in the Cholesky form
-            update = torch.outer(err, Hinv[q, q:])  # eq. 3, over q and the columns after it
-            W[:, q:] -= update
-            W[:, q] = Q  # exactly the quantized value (the update left w − (w − Q) there)
+            w = W[:, q].clone()  # the column as the updates so far left it
+            step = gptq.obs_step_(W, Hinv, q, scale, zero, bits)
+            codes[:, q] = step.codes
+            error[:, q] = w - step.quantized
             if q == column:
-                spread[:, q + 1 :] = -update[:, 1:]
+                spread[:, q + 1 :] = -step.update
     return GPTQStep(
         original=original,
         weight=W,

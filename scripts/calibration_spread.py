@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed = {
         "FP32": ppl(model),
         "RTN": ppl(gptq.rtn_quantize_model(model, bits=args.bits, group_size=args.group_size)),
-        "NF4 + DQ": ppl(nf4.quantize_model_4bit(model, blocksize=64, double_quant=True)),
+        "NF4 + DQ": ppl(nf4.quantize_model(model, blocksize=64, double_quant=True)),
     }
     for label, value in fixed.items():
         print(f"{label:<24} {value:8.3f}   (no calibration)", flush=True)
@@ -57,10 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         started = time.perf_counter()
         runs = {
-            "GPTQ": gptq.gptq_quantize_model(
-                model, windows, bits=args.bits, group_size=args.group_size
+            "GPTQ": gptq.quantize_model(
+                model,
+                windows,
+                bits=args.bits,
+                group_size=args.group_size,
             )[0],
-            "GPTQ act-order": gptq.gptq_quantize_model(
+            "GPTQ act-order": gptq.quantize_model(
                 model,
                 windows,
                 bits=args.bits,
@@ -68,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
                 act_order=True,
                 static_groups=True,
             )[0],
-            "AWQ": awq.awq_quantize_model(
-                model, windows, bits=args.bits, group_size=args.group_size
+            "AWQ": awq.quantize_model(
+                model,
+                windows,
+                bits=args.bits,
+                group_size=args.group_size,
             )[0],
         }
         for label, quantized in runs.items():

@@ -132,11 +132,11 @@ def main() -> None:
     held_out = torch.randint(0, 512, (8, 128), generator=g)
     means = awq.activation_means(model, calibration)
 
-    folded, report = awq.awq_quantize_model(
+    folded, report = awq.quantize_model(
         model, calibration, alphas=ALPHAS, clip=False, quantize=False, progress=False
     )
-    ours_q, _ = awq.awq_quantize_model(model, calibration, alphas=ALPHAS, clip=False)
-    rtn_q, _ = awq.awq_quantize_model(model, calibration, alphas=[0.0], clip=False)
+    ours_q, _ = awq.quantize_model(model, calibration, alphas=ALPHAS, clip=False)
+    rtn_q, _ = awq.quantize_model(model, calibration, alphas=[0.0], clip=False)
     theirs = run_llmcompressor(copy.deepcopy(model), calibration)
 
     print(

@@ -1,4 +1,4 @@
-"""Measure qlearn's GPTQ and RTN perplexities on the settings of DESIGN.md's anchor figures.
+"""Measure qlearn's GPTQ and RTN perplexities on the settings of docs/design.md's anchor figures.
 
 The anchors were measured with the GPTQ authors' code (IST-DASLab/gptq) on the default model:
 evaluation on the first 4096 tokens of *Pride and Prejudice* in windows of 1024 (mean NLL, then
@@ -12,7 +12,7 @@ and prints, for each: the anchor, our figure, their difference, and both as rati
     .venv/bin/python scripts/gptq_anchors.py gptq-4 rtn-4    # some of them
     .venv/bin/python scripts/gptq_anchors.py --json out.json # also write the figures
 
-Set OMP_NUM_THREADS=1 on a busy machine (DESIGN.md §3).
+Set OMP_NUM_THREADS=1 on a busy machine (docs/design.md, "Anchor figures").
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import time
 
 import torch
 
+from qlearn import gptq
 from qlearn.data import load_text
 from qlearn.evaluate import perplexity
-from qlearn.gptq import gptq_quantize_model, rtn_quantize_model
 from qlearn.models import load_model
 
 FP32_ANCHOR = 20.40
-# name: (method, bits, group_size, act_order with static groups, DESIGN.md anchor)
+# name: (method, bits, group_size, act_order with static groups, anchor in docs/design.md)
 SETTINGS = {
     "fp32": ("fp32", None, None, False, FP32_ANCHOR),
     "rtn-4": ("rtn", 4, None, False, 32.83),
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         if method == "fp32":
             quantized = model
         elif method == "rtn":
-            quantized = rtn_quantize_model(model, bits=bits, group_size=group_size)
+            quantized = gptq.rtn_quantize_model(model, bits=bits, group_size=group_size)
         else:
-            quantized, _ = gptq_quantize_model(
+            quantized, _ = gptq.quantize_model(
                 model,
                 calibration,
                 tokenizer,

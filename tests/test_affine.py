@@ -647,6 +647,32 @@ def test_nbytes_counts_codes_scales_and_zero_points():
     assert qt.bits_per_weight() == 4 + 20 / 64
 
 
+def test_a_quantized_tensor_counts_the_tensors_it_holds():
+    """A Quantized: codes at ``bits`` each (as packed), one fp16 scale and one ``bits``-bit
+    zero point per block, counted from the tensors the result holds."""
+    from qlearn._quantized import Quantized
+
+    x = _weight(96, 256)
+    for qt in (absmax_quantize(x, 8, axis=0), zeropoint_quantize(x, 4, group_size=64)):
+        assert isinstance(qt, Quantized)
+        zero_bits = qt.bits if qt.method == "zeropoint" else 0
+        held = (
+            qt.codes.numel() * qt.bits + qt.scale.numel() * 16 + qt.zero_point.numel() * zero_bits
+        )
+        assert qt.nbytes() == held / 8
+        assert qt.bits_per_weight() == 8 * qt.nbytes() / x.numel()
+
+
+def test_code_range_is_the_one_every_module_uses():
+    from qlearn import affine, qat
+
+    assert affine.code_range(ABSMAX, 8) == (-127, 127)
+    assert affine.code_range("zeropoint", 4) == (-8, 7) == qat.code_range(4)
+    for bits in range(2, affine.MAX_BITS + 1):
+        q = absmax_quantize(torch.randn(16), bits)
+        assert (q.qmin, q.qmax) == affine.code_range(ABSMAX, bits)
+
+
 def test_quantization_error():
     x = _weight(64, 64)
     qt = absmax_quantize(x, axis=0)

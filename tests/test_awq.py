@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from qlearn import awq
+from qlearn import Quantized, awq
 from qlearn.evaluate import perplexity
 from qlearn.models import get_weight, linear_layers
 
@@ -239,7 +239,7 @@ def test_folded_model_before_quantization_equals_the_original(model_name, tiny_l
     model = tiny_llama if model_name == "llama" else tiny_gpt2
     before = copy.deepcopy(model.state_dict())
     ids = torch.randint(2, 34, (4, 48), generator=torch.Generator().manual_seed(3))
-    folded, report = awq.awq_quantize_model(model, ids, quantize=False, clip=False, group_size=16)
+    folded, report = awq.quantize_model(model, ids, quantize=False, clip=False, group_size=16)
     with torch.no_grad():
         torch.testing.assert_close(folded(ids).logits, model(ids).logits, rtol=1e-4, atol=1e-5)
     assert any(r.alpha > 0 for r in report.scales)  # scales other than 1 were folded
@@ -265,8 +265,8 @@ def test_awq_beats_rtn_on_a_model_with_outlier_channels(tiny_llama):
     model = _llama_with_outlier_channels(tiny_llama)
     calibration = torch.randint(2, 34, (8, 64), generator=torch.Generator().manual_seed(4))
     held_out = torch.randint(2, 34, (4, 64), generator=torch.Generator().manual_seed(5))
-    awq_model, report = awq.awq_quantize_model(model, calibration, bits=3, group_size=32)
-    rtn_model, rtn_report = awq.awq_quantize_model(
+    awq_model, report = awq.quantize_model(model, calibration, bits=3, group_size=32)
+    rtn_model, rtn_report = awq.quantize_model(
         model, calibration, bits=3, group_size=32, alphas=[0.0], clip=False
     )
     assert all(r.gain == 1 and r.alpha == 0 for r in rtn_report.scales)
@@ -283,12 +283,65 @@ def test_awq_beats_rtn_on_a_model_with_outlier_channels(tiny_llama):
     assert "model.layers.1.mlp.down_proj" in report.table()
     assert not any("q_proj" in n or "k_proj" in n for n in report.clipped)
     assert len(report.clipped) == 2 * 5
-    # RTN through awq_quantize_model (α = 0, no clipping) is the authors' quantizer on every layer
+    # RTN through quantize_model (α = 0, no clipping) is the authors' quantizer on every layer
     for (name, layer), (_, original) in zip(
         linear_layers(rtn_model), linear_layers(model), strict=True
     ):
         expected_w = reference_pseudo_quantize(get_weight(original).detach(), 3, 32)
         assert torch.equal(get_weight(layer), expected_w), name
+
+
+@pytest.mark.parametrize(("bits", "group_size"), [(4, 128), (3, 32), (4, 20), (2, None)])
+def test_group_quantized_nbytes_counts_its_tensors(bits, group_size):
+    """Codes packed at `bits` bits, an fp16 scale and a `bits`-bit zero per row and group."""
+    result = awq.quantize_groups(_randn(24, 128, seed=bits), bits=bits, group_size=group_size)
+    assert isinstance(result, Quantized)
+    expected = result.codes.numel() * bits / 8 + result.scale.numel() * 2
+    expected += result.zero.numel() * bits / 8
+    assert result.nbytes() == expected
+    assert result.bits_per_weight() == 8 * expected / result.codes.numel()
+
+
+def test_report_bytes_equal_the_capstone_formula_and_each_layers_result(tiny_llama):
+    """out·in·bits/8 + out·⌈in/g⌉·(2 + bits/8) over the linear layers (the capstone's count),
+    and each layer's bytes those of quantize_groups on its final weights."""
+    calibration = torch.randint(2, 34, (4, 32), generator=torch.Generator().manual_seed(4))
+    for bits, group_size in [(4, 32), (3, 48)]:
+        quantized, report = awq.quantize_model(
+            tiny_llama, calibration, bits=bits, group_size=group_size
+        )
+        expected, n_weights = 0.0, 0
+        for _, layer in linear_layers(tiny_llama):
+            out, inp = get_weight(layer).shape
+            expected += out * inp * bits / 8 + out * math.ceil(inp / group_size) * (2 + bits / 8)
+            n_weights += out * inp
+        assert report.nbytes() == pytest.approx(expected, rel=1e-12)
+        assert report.bits_per_weight() == pytest.approx(8 * expected / n_weights, rel=1e-12)
+        layers = dict(linear_layers(quantized))
+        assert [row.name for row in report.layers] == list(layers)
+        for row in report.layers:
+            weight = get_weight(layers[row.name]).detach()
+            result = awq.quantize_groups(weight, bits=bits, group_size=group_size)
+            assert row.nbytes() == result.nbytes()
+            assert row.bits_per_weight() == result.bits_per_weight()
+    _, folded = awq.quantize_model(
+        tiny_llama, calibration, group_size=32, quantize=False, clip=False
+    )
+    assert folded.layers == [] and folded.nbytes() == 0
+    with pytest.raises(ValueError, match="report: expected quantized layers"):
+        folded.bits_per_weight()
+
+
+def test_quantize_model_in_place_equals_the_copy(tiny_llama):
+    calibration = torch.randint(2, 34, (4, 32), generator=torch.Generator().manual_seed(6))
+    copied, report = awq.quantize_model(tiny_llama, calibration, bits=3, group_size=16)
+    model = copy.deepcopy(tiny_llama)
+    same, report_ = awq.quantize_model_(model, calibration, bits=3, group_size=16)
+    assert same is model and report_.nbytes() == report.nbytes()
+    for (_, a), (_, b) in zip(linear_layers(copied), linear_layers(model), strict=True):
+        assert torch.equal(get_weight(a), get_weight(b))
+    with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
+        awq.quantize_model_("gpt2", calibration)
 
 
 def test_v_to_o_group_without_grouped_query_attention():
@@ -305,7 +358,7 @@ def test_v_to_o_group_without_grouped_query_attention():
     )
     model = LlamaForCausalLM(config).eval()
     ids = torch.randint(2, 34, (2, 32), generator=torch.Generator().manual_seed(6))
-    folded, report = awq.awq_quantize_model(model, ids, quantize=False, clip=False, group_size=16)
+    folded, report = awq.quantize_model(model, ids, quantize=False, clip=False, group_size=16)
     assert [r.prev.split(".", 3)[-1] for r in report.scales] == [
         "input_layernorm",
         "self_attn.v_proj",
@@ -343,8 +396,8 @@ def test_default_model_awq_beats_rtn(default_model):
     model, tokenizer = default_model
     windows = calibration_windows(tokenizer, load_text("emma"), n_samples=8, seqlen=128)
     text = load_text("pride_and_prejudice")
-    awq_model, report = awq.awq_quantize_model(model, windows, clip=False)
-    rtn_model, _ = awq.awq_quantize_model(model, windows, alphas=[0.0], clip=False)
+    awq_model, report = awq.quantize_model(model, windows, clip=False)
+    rtn_model, _ = awq.quantize_model(model, windows, alphas=[0.0], clip=False)
     awq_ppl = perplexity(awq_model, tokenizer, text, max_tokens=1024)
     rtn_ppl = perplexity(rtn_model, tokenizer, text, max_tokens=1024)
     assert awq_ppl < rtn_ppl
@@ -359,7 +412,7 @@ def test_default_model_awq_beats_rtn(default_model):
 def test_scale_search_rejects_bad_arguments():
     x, layer = _randn(16, 32), nn.Linear(32, 8)
     ok = {"group_size": 16}
-    with pytest.raises(ValueError, match=r"alphas: expected at least one α in the grid"):
+    with pytest.raises(ValueError, match=r"alphas: expected a non-empty sequence"):
         awq.search_scale(layer, [layer], x, alphas=[], **ok)
     with pytest.raises(ValueError, match=r"alphas\[1\]: expected a number from 0 to 1"):
         awq.search_scale(layer, [layer], x, alphas=[0.0, 1.5], **ok)
@@ -397,7 +450,7 @@ def test_quantizer_scales_and_clip_reject_bad_arguments():
         awq.pseudo_quantize(torch.where(torch.arange(64) == 5, math.nan, w))
     with pytest.raises(ValueError, match=r"weight: expected a 2-D tensor"):
         awq.quantize_groups(_randn(64))
-    with pytest.raises(ValueError, match=r"group_size: expected at least 1"):
+    with pytest.raises(ValueError, match=r"group_size: expected a positive integer"):
         awq.quantize_groups(w, group_size=0)
     with pytest.raises(ValueError, match=r"alpha: expected a number from 0 to 1"):
         awq.awq_scales(torch.ones(4), -0.1)
@@ -421,27 +474,27 @@ def test_model_quantization_rejects_bad_arguments(tiny_llama, char_tokenizer):
     ids = torch.randint(2, 34, (2, 16))
     ok = {"group_size": 16}
     with pytest.raises(ValueError, match=r"texts_or_batches: expected .*, got an empty list"):
-        awq.awq_quantize_model(tiny_llama, [], **ok)
+        awq.quantize_model(tiny_llama, [], **ok)
     with pytest.raises(ValueError, match=r"texts_or_batches: expected at least one token"):
-        awq.awq_quantize_model(tiny_llama, torch.zeros(2, 0, dtype=torch.long), **ok)
+        awq.quantize_model(tiny_llama, torch.zeros(2, 0, dtype=torch.long), **ok)
     with pytest.raises(ValueError, match=r"texts_or_batches\[0\]: expected a text with tokens"):
-        awq.awq_quantize_model(tiny_llama, [""], char_tokenizer, **ok)
+        awq.quantize_model(tiny_llama, [""], char_tokenizer, **ok)
     with pytest.raises(ValueError, match=r"text: expected a non-empty string"):
-        awq.awq_quantize_model(tiny_llama, "   ", char_tokenizer, **ok)
+        awq.quantize_model(tiny_llama, "   ", char_tokenizer, **ok)
     with pytest.raises(ValueError, match=r"text: expected more than 513 tokens"):
-        awq.awq_quantize_model(tiny_llama, "too short", char_tokenizer, **ok)
+        awq.quantize_model(tiny_llama, "too short", char_tokenizer, **ok)
     with pytest.raises(ValueError, match=r"tokenizer: expected a tokenizer"):
-        awq.awq_quantize_model(tiny_llama, "some text", **ok)
-    with pytest.raises(ValueError, match=r"alphas: expected at least one α"):
-        awq.awq_quantize_model(tiny_llama, ids, alphas=(), **ok)
+        awq.quantize_model(tiny_llama, "some text", **ok)
+    with pytest.raises(ValueError, match=r"alphas: expected a non-empty sequence"):
+        awq.quantize_model(tiny_llama, ids, alphas=(), **ok)
     with pytest.raises(ValueError, match=r"group_size \(layer model.layers.0.self_attn.q_proj\)"):
-        awq.awq_quantize_model(tiny_llama, ids, group_size=65)
+        awq.quantize_model(tiny_llama, ids, group_size=65)
     with pytest.raises(ValueError, match=r"bits: expected an integer from 2 to 8"):
-        awq.awq_quantize_model(tiny_llama, ids, bits=1, **ok)
+        awq.quantize_model(tiny_llama, ids, bits=1, **ok)
     with pytest.raises(TypeError, match=r"clip: expected True or False"):
-        awq.awq_quantize_model(tiny_llama, ids, clip="yes", **ok)
+        awq.quantize_model(tiny_llama, ids, clip="yes", **ok)
     with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module"):
-        awq.awq_quantize_model("gpt2", ids, **ok)
+        awq.quantize_model("gpt2", ids, **ok)
     with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module"):
         awq.activation_means("gpt2", ids)
     with pytest.raises(TypeError, match=r"texts_or_batches: expected token ids"):
@@ -459,4 +512,4 @@ def test_model_quantization_rejects_bad_arguments(tiny_llama, char_tokenizer):
         )
     )
     with pytest.raises(ValueError, match=r"model: expected Llama-style .* got OPTDecoderLayer"):
-        awq.awq_quantize_model(opt, ids, **ok)
+        awq.quantize_model(opt, ids, **ok)

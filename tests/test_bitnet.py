@@ -487,3 +487,45 @@ def test_ternary_matmul_rejects_bad_input():
         ternary_matmul(x, w.flatten())
     with pytest.raises(ValueError, match="x_codes: expected a non-empty tensor"):
         ternary_matmul(torch.empty(0, 8, dtype=torch.int8), w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes and the model-level API
+# ---------------------------------------------------------------------------------------------
+
+
+def test_results_count_the_bytes_they_would_store():
+    """Ternary codes as pack_ternary packs them, binary codes one bit each, int8 activations one
+    byte each; every scale as a float32 (4 bytes)."""
+    from qlearn._quantized import Quantized
+
+    torch.manual_seed(0)
+    w = torch.randn(12, 7)
+    ternary = weight_quant_ternary(w)
+    assert isinstance(ternary, Quantized)
+    assert ternary.nbytes() == pack_ternary(ternary.codes).numel() + 4 == 3 * 7 + 4
+    assert ternary.bits_per_weight() == 8 * ternary.nbytes() / w.numel()
+    binary = weight_quant_binary(w)
+    assert binary.nbytes() == math.ceil(w.numel() / 8) + 4
+    acts = activation_quant_int8(w)
+    assert acts.nbytes() == acts.codes.numel() * acts.codes.element_size() + 4 * 12
+
+
+def test_quantize_model_fake_quantizes_every_decoder_linear(tiny_model):
+    from qlearn import bitnet
+    from qlearn.models import get_weight, linear_layers
+
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    quantized = bitnet.quantize_model(tiny_model)
+    assert all(torch.equal(v, before[k]) for k, v in tiny_model.state_dict().items())
+    for (name, layer), (_, original) in zip(
+        linear_layers(quantized), linear_layers(tiny_model), strict=True
+    ):
+        expected = weight_quant_ternary(get_weight(original)).dequantize()
+        assert torch.equal(get_weight(layer), expected), name
+    same = bitnet.quantize_model_(tiny_model)
+    assert same is tiny_model
+    for (_, a), (_, b) in zip(linear_layers(quantized), linear_layers(same), strict=True):
+        assert torch.equal(get_weight(a), get_weight(b))
+    with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module"):
+        bitnet.quantize_model("gpt2")

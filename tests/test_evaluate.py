@@ -90,7 +90,8 @@ def test_generate_bad_input(tiny_llama, char_tokenizer):
 
 @pytest.mark.slow
 def test_default_model_perplexity_on_pride_and_prejudice(default_model):
-    """The evaluation behind DESIGN.md's anchors, on 2048 tokens: checked against transformers."""
+    """The evaluation behind the anchors of docs/design.md, on 2048 tokens: checked against
+    transformers."""
     from qlearn.data import load_text
 
     model, tokenizer = default_model

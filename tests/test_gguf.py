@@ -30,8 +30,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from qlearn import _kquants as kq
-from qlearn import gguf
+from qlearn import Quantized, gguf
+from qlearn.gguf import _kquant_search as kq
+from qlearn.gguf import files, formats, legacy
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "gguf_golden" / "golden.npz"
@@ -297,19 +298,62 @@ def test_stored_sub_block_scales_round_the_searched_ones(qtype):
             assert np.all(np.abs(stored - wanted) <= step * (0.5 + top * 2.0**-11) + 1e-12)
 
 
-def test_draw_block_draws_every_byte_by_field():
-    raw = gguf.quantize(_rows("normal", 1, 256), "Q6_K")[0]
-    fig = gguf.draw_block(raw, "Q6_K")
-    ax = fig.axes[0]
-    assert len(ax.patches) == 210
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "ql (128 B)", "qh (64 B)", "scales (16 B)", "d (2 B)"
-    ]  # fmt: skip
-    assert ax.texts[0].get_text() == f"{raw[0]:02x}"
-    with pytest.raises(ValueError, match="210 bytes"):
-        gguf.draw_block(raw[:100], "Q6_K")
-    for qtype, layout in gguf.LAYOUTS.items():
-        assert sum(n for _, n in layout) == gguf.BLOCKS[qtype].type_size
+def test_the_registry_holds_every_type_and_each_layout_sums_to_its_type_size():
+    assert list(gguf.BLOCKS) == ["F32", "F16", "BF16", *LEGACY, *K_QUANTS]
+    for name, fmt in gguf.BLOCKS.items():
+        assert issubclass(fmt, gguf.BlockFormat) and fmt.name == name
+        assert sum(size for _, size in fmt.layout) == fmt.type_size
+        assert fmt.fields == tuple(spec.name for spec in fmt.field_specs)
+    assert list(gguf.LAYOUTS) == BLOCK_TYPES  # the views: block types only, as before
+    assert dict(gguf.FALLBACK) == {
+        "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"
+    }  # fmt: skip
+    for qtype in BLOCK_TYPES:  # every field's shape is what unpack gives
+        fmt = gguf.BLOCKS[qtype]
+        fields = fmt.unpack(np.zeros((3, fmt.type_size), dtype=np.uint8))
+        assert list(fields) == list(fmt.fields)
+        for spec in fmt.field_specs:
+            assert fields[spec.name].shape == (3, *spec.shape)
+            assert fields[spec.name].dtype == spec.dtype
+
+
+def test_a_new_format_is_one_class_that_registers_itself():
+    class Q40Test(gguf.BLOCKS["Q4_0"], name="Q4_0_TEST"):  # Q4_0's codec, another name
+        fallback = "Q8_0"
+
+    try:
+        assert gguf.BLOCKS["Q4_0_TEST"] is Q40Test
+        assert gguf.LAYOUTS["Q4_0_TEST"] == gguf.LAYOUTS["Q4_0"]
+        assert gguf.FALLBACK["Q4_0_TEST"] == "Q8_0"
+        x = _rows("normal", 2, 64)
+        assert np.array_equal(gguf.quantize(x, "Q4_0_TEST"), gguf.quantize(x, "Q4_0"))
+        assert gguf.fallback_type("Q4_0_TEST", 48) == "F16"
+        with pytest.raises(ValueError, match="already registered"):
+
+            class Again(gguf.BlockFormat, name="Q4_0_TEST"):
+                block_size, layout = 32, (("d", 2), ("qs", 16))
+
+    finally:
+        del formats._REGISTRY["Q4_0_TEST"]
+    assert "Q4_0_TEST" not in gguf.BLOCKS
+    with pytest.raises(TypeError, match="used as a class"):
+        gguf.BLOCKS["Q4_0"]()
+
+
+@pytest.mark.parametrize("qtype", ALL_TYPES)
+def test_gguf_tensor_counts_the_bytes_it_stores(qtype):
+    x = torch.from_numpy(_rows("normal", 6, 512, seed=7))
+    t = gguf.quantize_tensor(x, qtype)
+    assert isinstance(t, Quantized)
+    raw = gguf.quantize(x, qtype)
+    assert np.array_equal(t.raw, raw) and t.shape == (6, 512) and t.qtype == qtype
+    block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[qtype]]
+    assert t.nbytes() == raw.nbytes == gguf.tensor_bytes((6, 512), qtype)
+    assert t.nbytes() == 6 * 512 // block_size * type_size
+    assert t.bits_per_weight() == 8 * raw.nbytes / x.numel() == gguf.BLOCKS[qtype].bits_per_weight
+    values = t.dequantize()
+    assert isinstance(values, torch.Tensor) and values.dtype == torch.float32
+    assert np.array_equal(values.numpy(), gguf.dequantize(raw, qtype))
 
 
 def test_nearest_int_is_c_bit_trick():
@@ -325,8 +369,8 @@ def test_nearest_int_is_c_bit_trick():
         [0.5, 1.5, 2.5, -0.5, -1.5, 3.4999998, 4194303.5, 4194304.0, 9e6, -9e6, 1e30, -3.7, 0.0],
         dtype=np.float32,
     )
-    assert kq._nearest_int(values).tolist() == [c_nearest_int(float(v)) for v in values]
-    assert kq._nearest_int(values[:6]).tolist() == [0, 2, 2, 0, -2, 3]  # half to even
+    assert kq.nearest_int(values).tolist() == [c_nearest_int(float(v)) for v in values]
+    assert kq.nearest_int(values[:6]).tolist() == [0, 2, 2, 0, -2, 3]  # half to even
 
 
 @pytest.mark.parametrize("n_columns", [1, 2, 3, 1000])
@@ -338,7 +382,7 @@ def test_sequential_sum_adds_left_to_right(n_columns):
     expected = a[0].copy()
     for row in a[1:]:
         expected = (expected + row).astype(np.float32)
-    assert np.array_equal(kq._sequential_sum(a), expected)
+    assert np.array_equal(kq.sequential_sum(a), expected)
 
 
 def test_round_half_away_trick_equals_roundf_near_every_half():
@@ -350,7 +394,7 @@ def test_round_half_away_trick_equals_roundf_near_every_half():
     v = np.concatenate([bits, near]).view(np.float32)
     v = np.concatenate([v, -v])
     t = torch.from_numpy(v)
-    ours = (t + gguf._BELOW_HALF * torch.sign(t)).to(torch.int32).numpy()
+    ours = (t + legacy._BELOW_HALF * torch.sign(t)).to(torch.int32).numpy()
     assert np.array_equal(ours, gguf_py.quants.np_roundf(v).astype(np.int32))
 
 
@@ -428,6 +472,25 @@ def test_quantize_model_equals_quantizing_each_weight(tiny_llama):
     assert torch.equal(out.model.embed_tokens.weight, tiny_llama.model.embed_tokens.weight)
 
 
+def test_quantize_tensors_are_what_quantize_model_writes(tiny_llama):
+    from qlearn.models import get_weight, linear_layers
+
+    tensors = gguf.quantize_tensors(tiny_llama, "Q4_K_M")
+    assert list(tensors) == [name for name, _ in linear_layers(tiny_llama)]
+    types = gguf.recipe_types(tiny_llama, "Q4_K_M")
+    out = gguf.quantize_model(tiny_llama, "Q4_K_M")
+    layers = dict(linear_layers(out))
+    total = 0
+    for name, layer in linear_layers(tiny_llama):
+        t = tensors[name]
+        weight = get_weight(layer).detach().numpy()
+        assert t.qtype in types.values() and t.shape == weight.shape
+        assert np.array_equal(t.raw, gguf.quantize(weight, t.qtype))
+        assert torch.equal(t.dequantize(), get_weight(layers[name]).detach())
+        total += gguf.tensor_bytes(weight.shape, t.qtype)
+    assert sum(t.nbytes() for t in tensors.values()) == total
+
+
 # ---------------------------------------------------------------------------------------------
 # GGUF files
 # ---------------------------------------------------------------------------------------------
@@ -456,7 +519,7 @@ def _tiny_source(path: Path, model) -> Path:
     writer.add_rope_freq_base(10000.0)
     writer.add_vocab_size(config.vocab_size)
     writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-    for name, (_, tensor) in gguf._gguf_tensors(model).items():
+    for name, (_, tensor) in files._gguf_tensors(model).items():
         writer.add_tensor(name, np.zeros(tuple(tensor.shape), np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -502,7 +565,7 @@ def test_saved_k_quant_file_holds_quantize_models_weights(vocab_llama, tmp_path)
     assert {t.name: t.tensor_type.name for t in reader.tensors} == types
     assert reader.fields["tokenizer.ggml.model"].contents() == "gpt2"
     expected = gguf.quantize_model(vocab_llama, recipe).state_dict()
-    hf = {name: hf for name, (hf, _) in gguf._gguf_tensors(vocab_llama).items()}
+    hf = {name: hf for name, (hf, _) in files._gguf_tensors(vocab_llama).items()}
     n_heads = {"attn_q": 4, "attn_k": 2}
     for tensor in reader.tensors:
         values = gguf_py.quants.dequantize(tensor.data, tensor.tensor_type)
@@ -629,7 +692,7 @@ def _small_gguf(path: Path) -> Path:
 
 def test_load_gguf_rejects_corrupt_files(tmp_path):
     good = _small_gguf(tmp_path / "good.gguf")
-    gguf._open_gguf(good, "path")  # a whole file passes the checks
+    files._open_gguf(good, "path")  # a whole file passes the checks
     bad_magic = tmp_path / "magic.gguf"
     bad_magic.write_bytes(b"GGML" + good.read_bytes()[4:])
     with pytest.raises(ValueError, match="not a GGUF file"):

@@ -24,17 +24,25 @@ from hypothesis import strategies as st
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from qlearn import Quantized
 from qlearn.affine import zeropoint_quantize
 from qlearn.data import calibration_windows, load_text
 from qlearn.gptq import (
+    ColumnStep,
     GPTQReport,
     HessianAccumulator,
     QuantizedWeight,
+    fit_quantizer,
     gptq_quantize,
-    gptq_quantize_model,
     layer_error,
+    obs_step_,
+    prepare_hessian,
+    quantize_codes,
+    quantize_model,
+    quantize_model_,
     rtn_quantize,
     rtn_quantize_model,
+    rtn_quantize_model_,
 )
 from qlearn.models import decoder_layers, get_weight, linear_layers, set_weight_
 
@@ -221,6 +229,157 @@ def test_gptq_with_a_diagonal_hessian_is_rtn():
 
 
 # ---------------------------------------------------------------------------------------------
+# The stepping API: Algorithm 1 one column per call
+# ---------------------------------------------------------------------------------------------
+
+
+def _obs_loop(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    *,
+    bits: int,
+    group_size: int | None = None,
+    sym: bool = False,
+    act_order: bool = False,
+    percdamp: float = 0.01,
+    fresh_groups: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, dequantized weight) from prepare_hessian and obs_step_ on every column in turn.
+
+    Groups are fitted at their first column on the weights as the steps left them
+    (``fresh_groups``) or as prepare_hessian gave them (what one lazy block sees)."""
+    columns = W.shape[1]
+    row_scale, row_zero = fit_quantizer(W, bits, sym=sym)  # on the original weights
+    perm = torch.arange(columns)
+    if act_order:
+        diag = H.diagonal().clone()
+        diag[diag == 0] = 1  # the dead inputs' H_ii, as prepare_hessian sets it
+        perm = torch.argsort(diag, descending=True)
+    Wq, Hinv = prepare_hessian(W[:, perm], H[perm][:, perm], percdamp=percdamp)
+    start = Wq.clone()
+    codes = torch.empty_like(Wq)
+    scale, zero = row_scale, row_zero
+    for q in range(columns):
+        if group_size is not None and q % group_size == 0:
+            source = Wq if fresh_groups else start
+            scale, zero = fit_quantizer(source[:, q : q + group_size], bits, sym=sym)
+        step = obs_step_(Wq, Hinv, q, scale, zero, bits)
+        assert isinstance(step, ColumnStep) and torch.equal(Wq[:, q], step.quantized)
+        codes[:, q] = step.codes
+    inverse = torch.argsort(perm)
+    return codes[:, inverse], Wq[:, inverse]
+
+
+STEP_CASES = {
+    "per-channel 4-bit": {"bits": 4},
+    "per-channel 3-bit symmetric": {"bits": 3, "sym": True},
+    "groups of 16, 3-bit": {"bits": 3, "group_size": 16},
+    "groups of 20 (48 = 2 × 20 + 8)": {"bits": 4, "group_size": 20},
+    "act-order": {"bits": 4, "act_order": True},
+    "act-order, groups of 16": {"bits": 3, "group_size": 16, "act_order": True},
+    "2-bit, groups of 24, no damping": {"bits": 2, "group_size": 24, "percdamp": 0.0},
+}
+
+
+@pytest.mark.parametrize("case", list(STEP_CASES), ids=list(STEP_CASES))
+def test_looping_obs_step_equals_plain_algorithm_1(case):
+    kwargs = STEP_CASES[case]
+    W, _, H = _layer(12, 48, seed=len(case), dead=(3,))
+    codes, Q, _ = _plain_gptq(W, H, **kwargs)
+    ours_codes, ours = _obs_loop(W, H, **kwargs)
+    assert torch.equal(ours_codes.long(), codes)
+    torch.testing.assert_close(ours, Q, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"bits": 4},
+        {"bits": 3, "sym": True},
+        {"bits": 2, "act_order": True},
+        {"bits": 3, "group_size": 16},
+        {"bits": 4, "group_size": 20, "act_order": True, "percdamp": 0.1},
+    ],
+    ids=str,
+)
+def test_looping_obs_step_equals_gptq_quantize_in_one_block_bit_for_bit(dtype, kwargs):
+    """With one lazy block over every column, gptq_quantize's fast loop does the same float
+    operations as obs_step_ column after column: the same bits, float32 included."""
+    W, _, H = _layer(12, 48, seed=7, dead=(0, 9))
+    W, H = W.to(dtype), H.to(dtype)
+    codes, Q = _obs_loop(W, H, fresh_groups=False, **kwargs)
+    result = gptq_quantize(W, H, block_size=W.shape[1], **kwargs)
+    assert torch.equal(result.weight, Q)
+    assert torch.equal(result.codes, codes.to(torch.uint8))
+
+
+def test_fit_quantizer_and_quantize_codes_are_rtn_quantizes():
+    W = torch.randn(16, 40, generator=torch.Generator().manual_seed(3))
+    for bits, sym in [(2, False), (4, True), (8, False)]:
+        rtn = rtn_quantize(W, bits=bits, sym=sym)
+        scale, zero = fit_quantizer(W, bits, sym=sym)
+        assert torch.equal(scale, rtn.scale[:, 0]) and torch.equal(zero, rtn.zero[:, 0].float())
+        codes = quantize_codes(W, scale[:, None], zero[:, None], bits)
+        assert codes.dtype == W.dtype and torch.equal(codes, rtn.codes.float())
+        assert torch.equal(quantize_codes(W[:, 5], scale, rtn.zero[:, 0], bits), codes[:, 5])
+
+
+def test_obs_step_with_the_plain_inverse_at_column_0_is_the_obs_update():
+    """At q = 0, F is every column: H⁻¹'s row 0 gives the update of eq. 2 directly."""
+    W, _, H = _layer(6, 10, seed=4)
+    Hinv = torch.linalg.inv(H)
+    scale, zero = fit_quantizer(W, 3)
+    w_hat = scale * (torch.clamp(torch.round(W[:, 0] / scale) + zero, 0, 7) - zero)
+    expected = W.clone()
+    expected[:, 1:] -= torch.outer((W[:, 0] - w_hat) / Hinv[0, 0], Hinv[0, 1:])
+    expected[:, 0] = w_hat
+    ours = W.clone()
+    step = obs_step_(ours, Hinv, 0, scale, zero, 3)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(step.update, W[:, 1:] - ours[:, 1:], rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(step.error, (W[:, 0] - w_hat) / Hinv[0, 0])
+
+
+def test_prepare_hessian_drops_dead_inputs_damps_and_factors():
+    W, _, H = _layer(6, 10, seed=2, dead=(4,))
+    W_before, H_before = W.clone(), H.clone()
+    Wp, Hinv = prepare_hessian(W, H, percdamp=0.05)
+    assert torch.equal(W, W_before) and torch.equal(H, H_before)  # copies
+    assert not Wp[:, 4].any() and torch.equal(Wp[:, :4], W[:, :4])
+    Hd = H.clone()
+    Hd[4, 4] = 1
+    Hd += 0.05 * Hd.diagonal().mean() * torch.eye(10, dtype=H.dtype)
+    assert torch.equal(Hinv, torch.triu(Hinv))
+    torch.testing.assert_close(Hinv.T @ Hinv, torch.linalg.inv(Hd), rtol=1e-10, atol=1e-12)
+
+
+def test_stepping_api_rejects_bad_input():
+    W, Hinv = prepare_hessian(W_OK.double(), H_OK.double())
+    scale, zero = fit_quantizer(W, 4)
+    with pytest.raises(ValueError, match="x: expected a 2-D tensor"):
+        fit_quantizer(W[0], 4)
+    with pytest.raises(ValueError, match="bits: expected an integer from 2 to 8"):
+        fit_quantizer(W, 9)
+    with pytest.raises(TypeError, match="sym: expected True or False"):
+        fit_quantizer(W, 4, sym=1)
+    with pytest.raises(ValueError, match="scale: expected a shape that broadcasts"):
+        quantize_codes(W, scale, zero[:, None], 4)
+    with pytest.raises(TypeError, match=r"zero: expected a torch\.Tensor"):
+        quantize_codes(W, scale[:, None], 8, 4)
+    with pytest.raises(ValueError, match="hessian: expected shape \\(8, 8\\)"):
+        prepare_hessian(W, torch.eye(6))
+    with pytest.raises(ValueError, match="percdamp: expected a finite number >= 0"):
+        prepare_hessian(W, H_OK, percdamp=-1.0)
+    with pytest.raises(ValueError, match="column: expected a column of W, 0 to 7"):
+        obs_step_(W, Hinv, 8, scale, zero, 4)
+    with pytest.raises(ValueError, match="Hinv: expected shape \\(8, 8\\)"):
+        obs_step_(W, Hinv[:4, :4], 0, scale, zero, 4)
+    with pytest.raises(ValueError, match="zero: expected one value per row of W \\(4\\)"):
+        obs_step_(W, Hinv, 0, scale, zero[:2], 4)
+
+
+# ---------------------------------------------------------------------------------------------
 # Error and loss
 # ---------------------------------------------------------------------------------------------
 
@@ -398,9 +557,7 @@ def test_sequential_procedure_equals_whole_model_passes(tiny_model, char_tokeniz
     """Each layer calibrated on the outputs of the already quantized layers before it."""
     windows = calibration_windows(char_tokenizer, TEXT * 4, n_samples=4, seqlen=32, seed=0)
     before = copy.deepcopy(tiny_model.state_dict())
-    quantized, report = gptq_quantize_model(
-        tiny_model, windows, bits=bits, group_size=16, batch_size=4
-    )
+    quantized, report = quantize_model(tiny_model, windows, bits=bits, group_size=16, batch_size=4)
     expected = _naive_sequential(tiny_model, windows, bits=bits, group_size=16)
     for (name, ours), (_, theirs) in zip(
         linear_layers(quantized), linear_layers(expected), strict=True
@@ -417,7 +574,7 @@ def test_sequential_procedure_calibrates_on_quantized_outputs(tiny_llama, char_t
     """With layer 0 quantized to 2 bits, layer 1's Hessian comes from its quantized outputs:
     calibrating layer 1 on full-precision inputs instead gives other weights."""
     windows = calibration_windows(char_tokenizer, TEXT * 4, n_samples=4, seqlen=32, seed=0)
-    quantized, _ = gptq_quantize_model(tiny_llama, windows, bits=2, batch_size=4)
+    quantized, _ = quantize_model(tiny_llama, windows, bits=2, batch_size=4)
     _, blocks = decoder_layers(tiny_llama)
     accumulator = HessianAccumulator(64)
     handle = blocks[1].self_attn.q_proj.register_forward_pre_hook(accumulator.hook)
@@ -433,11 +590,11 @@ def test_sequential_procedure_calibrates_on_quantized_outputs(tiny_llama, char_t
 
 def test_gptq_model_report_and_grid(tiny_llama, char_tokenizer):
     text = TEXT * 6
-    quantized, report = gptq_quantize_model(
+    quantized, report = quantize_model(
         tiny_llama, text, char_tokenizer, bits=3, nsamples=6, seqlen=24, batch_size=4
     )
     windows = calibration_windows(char_tokenizer, text, n_samples=6, seqlen=24, seed=0)
-    again, _ = gptq_quantize_model(tiny_llama, list(windows), bits=3, batch_size=4)
+    again, _ = quantize_model(tiny_llama, list(windows), bits=3, batch_size=4)
     for (_, a), (_, b) in zip(linear_layers(quantized), linear_layers(again), strict=True):
         assert torch.equal(get_weight(a), get_weight(b))  # a text = its windows
     for _, layer in linear_layers(quantized):
@@ -493,7 +650,7 @@ H_OK = torch.eye(8)
         ({"bits": 1}, ValueError, "bits: expected an integer from 2 to 8"),
         ({"bits": 9}, ValueError, "bits: expected an integer from 2 to 8"),
         ({"bits": 4.0}, TypeError, "bits: expected an int"),
-        ({"group_size": 0}, ValueError, "group_size: expected at least 1"),
+        ({"group_size": 0}, ValueError, "group_size: expected a positive integer"),
         ({"group_size": 9}, ValueError, "group_size: expected at most"),
         ({"group_size": 2.0}, TypeError, "group_size: expected an int"),
         ({"static_groups": True}, ValueError, "static_groups: expected False without"),
@@ -538,19 +695,19 @@ def test_rtn_and_layer_error_reject_bad_input():
         HessianAccumulator(0)
 
 
-def test_gptq_quantize_model_rejects_bad_input(tiny_llama, char_tokenizer):
+def test_quantize_model_rejects_bad_input(tiny_llama, char_tokenizer):
     with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
-        gptq_quantize_model("model", TEXT, char_tokenizer)
+        quantize_model("model", TEXT, char_tokenizer)
     with pytest.raises(ValueError, match="tokenizer: expected a tokenizer"):
-        gptq_quantize_model(tiny_llama, TEXT * 4, None, nsamples=2, seqlen=16)
+        quantize_model(tiny_llama, TEXT * 4, None, nsamples=2, seqlen=16)
     with pytest.raises(ValueError, match=r"group_size \(layer .*\): expected at most"):
-        gptq_quantize_model(tiny_llama, TEXT * 4, char_tokenizer, group_size=100)
+        quantize_model(tiny_llama, TEXT * 4, char_tokenizer, group_size=100)
     with pytest.raises(ValueError, match="bits: expected an integer from 2 to 8"):
-        gptq_quantize_model(tiny_llama, TEXT * 4, char_tokenizer, bits=16)
+        quantize_model(tiny_llama, TEXT * 4, char_tokenizer, bits=16)
     with pytest.raises(ValueError, match="text: expected more than"):
-        gptq_quantize_model(tiny_llama, TEXT, char_tokenizer, nsamples=2, seqlen=512)
+        quantize_model(tiny_llama, TEXT, char_tokenizer, nsamples=2, seqlen=512)
     with pytest.raises(TypeError, match="texts_or_batches: expected"):
-        gptq_quantize_model(tiny_llama, 3.0, char_tokenizer)
+        quantize_model(tiny_llama, 3.0, char_tokenizer)
     with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
         rtn_quantize_model(None)
 
@@ -560,6 +717,89 @@ def test_quantized_weight_is_a_dataclass_of_tensors():
     assert isinstance(result, QuantizedWeight)
     assert result.codes.dtype == torch.uint8 and result.zero.dtype == torch.uint8
     assert result.scale.shape == (4, 1) and result.g_idx.tolist() == [0] * 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes: every result counts what it stores
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "stores_g_idx"),
+    [
+        ({"bits": 4}, False),
+        ({"bits": 3, "group_size": 16}, False),
+        ({"bits": 4, "group_size": 20}, False),  # 48 = 2 × 20 + 8: three groups per row
+        ({"bits": 2, "act_order": True}, False),  # one group per row: no index needed
+        ({"bits": 4, "group_size": 16, "act_order": True}, True),
+        ({"bits": 4, "group_size": 16, "act_order": True, "static_groups": True}, False),
+    ],
+    ids=str,
+)
+def test_quantized_weight_nbytes_counts_its_tensors(kwargs, stores_g_idx):
+    """Codes packed at `bits` bits, an fp16 scale and a `bits`-bit zero per row and group,
+    and g_idx as int32 where act-order scatters the groups."""
+    W, _, H = _layer(12, 48, seed=1)
+    for result in (gptq_quantize(W, H, **kwargs), rtn_quantize(W, bits=kwargs["bits"])):
+        assert isinstance(result, Quantized)
+        bits = result.bits
+        expected = result.codes.numel() * bits / 8 + result.scale.numel() * 2
+        expected += result.zero.numel() * bits / 8
+        if stores_g_idx and result.perm is not None:
+            expected += result.g_idx.numel() * 4
+        assert result.nbytes() == expected
+        assert result.bits_per_weight() == 8 * expected / W.numel()
+
+
+def _capstone_bytes(model: nn.Module, bits: int, group_size: int) -> float:
+    """The capstone's count: out·in·bits/8 + out·⌈in/g⌉·(2 + bits/8) over the linear layers."""
+    total = 0.0
+    for _, layer in linear_layers(model):
+        out, inp = get_weight(layer).shape
+        total += out * inp * bits / 8 + out * math.ceil(inp / group_size) * (2 + bits / 8)
+    return total
+
+
+@pytest.mark.parametrize(("bits", "group_size"), [(4, 32), (3, 48)])
+def test_report_bytes_equal_the_capstone_formula(tiny_llama, char_tokenizer, bits, group_size):
+    windows = calibration_windows(char_tokenizer, TEXT * 4, n_samples=2, seqlen=32, seed=0)
+    _, report = quantize_model(tiny_llama, windows, bits=bits, group_size=group_size)
+    expected = _capstone_bytes(tiny_llama, bits, group_size)
+    assert report.nbytes() == pytest.approx(expected, rel=1e-12)
+    n_weights = sum(get_weight(layer).numel() for _, layer in linear_layers(tiny_llama))
+    assert report.bits_per_weight() == pytest.approx(8 * expected / n_weights, rel=1e-12)
+    assert sum(row.nbytes() for row in report.layers) == report.nbytes()
+    row = report.layers[0]  # q_proj, quantized in one call with k and v: its own rows only
+    assert row.bits_per_weight() == pytest.approx(
+        bits + 8 * math.ceil(64 / group_size) * (2 + bits / 8) / 64, rel=1e-12
+    )
+
+
+def test_report_bytes_count_g_idx_with_act_order(tiny_llama, char_tokenizer):
+    windows = calibration_windows(char_tokenizer, TEXT * 4, n_samples=2, seqlen=32, seed=0)
+    _, report = quantize_model(tiny_llama, windows, bits=4, group_size=32, act_order=True)
+    g_idx = sum(4 * get_weight(layer).shape[1] for _, layer in linear_layers(tiny_llama))
+    assert report.nbytes() == pytest.approx(_capstone_bytes(tiny_llama, 4, 32) + g_idx)
+
+
+def test_quantize_model_in_place_equals_the_copy(tiny_llama, char_tokenizer):
+    windows = calibration_windows(char_tokenizer, TEXT * 4, n_samples=2, seqlen=32, seed=0)
+    copied, report = quantize_model(tiny_llama, windows, bits=3, group_size=16)
+    model = copy.deepcopy(tiny_llama)
+    same, report_ = quantize_model_(model, windows, bits=3, group_size=16)
+    assert same is model
+    for (_, a), (_, b) in zip(linear_layers(copied), linear_layers(model), strict=True):
+        assert torch.equal(get_weight(a), get_weight(b))
+    assert report_.nbytes() == report.nbytes()
+    rtn = rtn_quantize_model(tiny_llama, bits=3, group_size=16)
+    model = copy.deepcopy(tiny_llama)
+    assert rtn_quantize_model_(model, bits=3, group_size=16) is model
+    for (_, a), (_, b) in zip(linear_layers(rtn), linear_layers(model), strict=True):
+        assert torch.equal(get_weight(a), get_weight(b))
+    with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
+        quantize_model_("model", windows)
+    with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
+        rtn_quantize_model_(None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,7 +823,7 @@ def test_gptq_beats_rtn_on_the_default_model(default_model):
     fp32 = ppl(model)
     rtn4 = ppl(rtn_quantize_model(model, bits=4))
     rtn3 = ppl(rtn_quantize_model(model, bits=3))
-    gptq4 = ppl(gptq_quantize_model(model, emma, tokenizer, bits=4, nsamples=8)[0])
-    gptq3 = ppl(gptq_quantize_model(model, emma, tokenizer, bits=3, group_size=128, nsamples=8)[0])
+    gptq4 = ppl(quantize_model(model, emma, tokenizer, bits=4, nsamples=8)[0])
+    gptq3 = ppl(quantize_model(model, emma, tokenizer, bits=3, group_size=128, nsamples=8)[0])
     assert fp32 < gptq4 < 0.9 * rtn4
     assert gptq3 < 2.5 * fp32 and rtn3 > 10 * fp32

@@ -38,7 +38,7 @@ from qlearn.int8 import (
     llm_int8_matmul,
     outlier_column_fraction,
     outlier_columns,
-    quantize_model_int8,
+    quantize_model,
     vectorwise_quantize,
     w8a8_matmul,
 )
@@ -400,15 +400,15 @@ def test_int8_linear_from_gpt2_conv1d_equals_from_linear():
     assert torch.equal(a.weight_codes, b.weight_codes) and a.weight_codes.shape == (24, 16)
     x = _activations(5, 16, outliers=False)
     assert torch.equal(a(x), b(x))
-    error = (a.dequantized_weight() - get_weight(conv)).abs()
+    error = (a.dequantize() - get_weight(conv)).abs()
     assert (error <= a.weight_absmax.unsqueeze(1) / 254 * (1 + 1e-5)).all()
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_quantize_model_int8_on_tiny_models(tiny_model, char_tokenizer, mode):
+def test_quantize_model_on_tiny_models(tiny_model, char_tokenizer, mode):
     state = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     originals = list(linear_layers(tiny_model))
-    quantized = quantize_model_int8(tiny_model, mode=mode)
+    quantized = quantize_model(tiny_model, mode=mode)
 
     # the original is untouched
     assert all(torch.equal(v, state[k]) for k, v in tiny_model.state_dict().items())
@@ -498,7 +498,7 @@ def test_an_outlier_dimension_ruins_per_tensor_w8a8_and_the_decomposition_helps(
         expected = tiny_llama(ids).logits
         errors = {
             mode: float(
-                (quantize_model_int8(tiny_llama, mode=mode)(ids).logits - expected).norm()
+                (quantize_model(tiny_llama, mode=mode)(ids).logits - expected).norm()
                 / expected.norm()
             )
             for mode in MODES
@@ -517,7 +517,7 @@ def test_default_model_outliers_and_footprint(default_model):
     fraction = n_outliers / sum(f.n_values for f in found.values())
     assert 1e-4 < fraction < 1e-2
     assert sum(247 in f.dims.tolist() for n, f in found.items() if n.endswith("q_proj")) >= 5
-    quantized = quantize_model_int8(model)
+    quantized = quantize_model(model)
     fp16 = sum(2 * get_weight(m).numel() for _, m in linear_layers(model))
     int8 = sum(model_footprint(m) for m in quantized.modules() if isinstance(m, Int8Linear))
     assert 0.5 < int8 / fp16 < 0.505
@@ -566,7 +566,7 @@ def test_thresholds_modes_and_granularities_are_checked():
     with pytest.raises(ValueError, match=r"mode: expected one of 'tensor', 'vector', 'llm.int8'"):
         Int8Linear(10, 8, mode="int4")
     with pytest.raises(ValueError, match="mode:"):
-        quantize_model_int8(nn.Sequential(), mode="llm_int8")
+        quantize_model(nn.Sequential(), mode="llm_int8")
     with pytest.raises(ValueError, match="threshold:"):
         Int8Linear(10, 8, threshold=-1.0)
     with pytest.raises(ValueError, match="in_features:"):
@@ -586,7 +586,7 @@ def test_layers_and_models_reject_bad_arguments(tiny_llama):
     with pytest.raises(ValueError, match=r"linear.weight: expected finite values"):
         Int8Linear.from_linear(nn.Linear(4, 4).requires_grad_(False).apply(_fill_nan))
     with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module"):
-        quantize_model_int8("gpt2")
+        quantize_model("gpt2")
     with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module"):
         find_outlier_features("gpt2", torch.zeros(1, 4, dtype=torch.long))
     # the inputs are parsed by qlearn.data.token_batches, shared with qlearn.calibration
@@ -605,3 +605,37 @@ def test_layers_and_models_reject_bad_arguments(tiny_llama):
 def _fill_nan(module: nn.Module) -> None:
     if isinstance(module, nn.Linear):
         module.weight.fill_(math.nan)
+
+
+def test_quantize_model_in_place_equals_the_copy(tiny_model):
+    from qlearn import int8
+
+    ids = torch.randint(0, tiny_model.config.vocab_size, (1, 12))
+    copied = int8.quantize_model(tiny_model)
+    same = int8.quantize_model_(tiny_model)
+    assert same is tiny_model
+    assert not list(linear_layers(tiny_model))
+    with torch.no_grad():
+        assert torch.equal(same(ids).logits, copied(ids).logits)
+
+
+def test_results_count_their_bytes():
+    """Each result is a Quantized, and nbytes() is the bytes of the tensors it holds."""
+    from qlearn._quantized import Quantized
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 32)
+    x[:, 3] = 9.0
+    q = vectorwise_quantize(x, threshold=6.0)
+    assert isinstance(q, Quantized)
+    assert q.outlier_cols.tolist() == [3]
+    held = (q.codes, q.row_absmax, q.outlier_cols)
+    assert q.nbytes() == sum(t.numel() * t.element_size() for t in held) == 6 * 32 + 6 * 4 + 8
+    assert q.bits_per_weight() == 8 * q.nbytes() / (6 * 32)
+
+    layer = Int8Linear.from_linear(nn.Linear(32, 6))
+    assert isinstance(layer, Quantized)
+    held = (layer.weight_codes, layer.weight_absmax)
+    assert layer.nbytes() == sum(t.numel() * t.element_size() for t in held) == 6 * 32 + 6 * 4
+    assert layer.bits_per_weight() == 8 + 32 / 32
+    assert layer.dequantize().shape == (6, 32)

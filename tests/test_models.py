@@ -137,7 +137,8 @@ def test_default_model_loads_offline_as_smollm2(default_model, monkeypatch):
 
 @pytest.mark.slow
 def test_default_model_weights_sit_on_the_q4_1_grid(default_model):
-    """DESIGN.md §3: the linear weights are a Q4_1 reconstruction, ≤ 16 levels per block of 32."""
+    """docs/design.md, "The default model": the linear weights are a Q4_1 reconstruction,
+    ≤ 16 levels per block of 32."""
     model, _ = default_model
     _, layer = next(iter(models.linear_layers(model)))
     blocks = models.get_weight(layer).detach().reshape(-1, 32)

@@ -142,6 +142,41 @@ def test_quantize_4bit_equals_bitsandbytes(dtype, quant_type, blocksize, double_
     assert torch.equal(_bits_zero_unsigned(dequantized), _bits_zero_unsigned(expected))
 
 
+@pytest.mark.parametrize(
+    ("dtype", "quant_type", "blocksize", "double_quant"),
+    [
+        (torch.float32, "nf4", 64, False),
+        (torch.float16, "fp4", 32, True),
+        (torch.bfloat16, "nf4", 2048, True),
+    ],
+)
+def test_large_tensors_dequantize_as_bitsandbytes(dtype, quant_type, blocksize, double_quant):
+    """Beyond a million packed bytes dequantize_4bit reads two bytes at a time, in chunks: the
+    same bits as bitsandbytes (and as the 256-entry path of smaller tensors)."""
+    w = _weights(2048, 1152, seed=3, dtype=dtype)  # 1,179,648 packed bytes
+    packed, state = bnb_functional.quantize_4bit(
+        w, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant
+    )
+    q = nf4.quantize_4bit(w, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant)
+    expected = bnb_functional.dequantize_4bit(packed, state)
+    dequantized = q.dequantize()
+    assert dequantized.dtype == dtype and dequantized.shape == w.shape
+    assert torch.equal(_bits_zero_unsigned(dequantized), _bits_zero_unsigned(expected))
+    small = nf4.quantize_4bit(
+        w[:64], quant_type=quant_type, blocksize=blocksize, double_quant=False
+    ).dequantize()
+    if not double_quant:
+        assert torch.equal(_bits(small), _bits(dequantized[:64]))
+
+
+def test_large_tensors_in_blocks_of_four_dequantize_as_level_times_absmax():
+    """The smallest blocks the two-byte lookup takes (one uint16 per block): QLoRA eq. 6."""
+    w = _weights(2048, 1152, seed=4)
+    q = nf4.quantize_4bit(w, blocksize=4)
+    expected = q.levels[q.codes.long()].reshape(-1, 4) * q.absmax[:, None]
+    assert torch.equal(_bits(q.dequantize()), _bits(expected.reshape(w.shape)))
+
+
 @pytest.mark.parametrize("quant_type", nf4.QUANT_TYPES)
 def test_values_at_the_thresholds_round_as_bitsandbytes(quant_type):
     """Values at, just below and just above every midpoint between two levels (ties go to the
@@ -220,11 +255,11 @@ def test_input_is_left_untouched_and_shape_kept():
     assert nf4.fp4_quantize(w).quant_type == "fp4"
 
 
-def test_quantize_model_4bit_replaces_every_decoder_linear(tiny_model):
+def test_quantize_model_replaces_every_decoder_linear(tiny_model):
     """Each decoder linear weight becomes its round trip (Conv1D seen as [out, in]); embeddings
     and norms stay; the input model is untouched."""
     before = copy.deepcopy(tiny_model.state_dict())
-    quantized = nf4.quantize_model_4bit(tiny_model, blocksize=32, double_quant=True)
+    quantized = nf4.quantize_model(tiny_model, blocksize=32, double_quant=True)
     for (name, layer), (_, original) in zip(
         linear_layers(quantized), linear_layers(tiny_model), strict=True
     ):
@@ -234,9 +269,9 @@ def test_quantize_model_4bit_replaces_every_decoder_linear(tiny_model):
     embedding = quantized.get_input_embeddings().weight
     assert torch.equal(embedding, tiny_model.get_input_embeddings().weight)
     with pytest.raises(ValueError, match=r"blocksize: expected a divisor"):
-        nf4.quantize_model_4bit(tiny_model, blocksize=4096)
+        nf4.quantize_model(tiny_model, blocksize=4096)
     with pytest.raises(TypeError, match=r"model: expected a torch.nn.Module"):
-        nf4.quantize_model_4bit("gpt2")
+        nf4.quantize_model("gpt2")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,6 +294,33 @@ def test_bits_per_weight_from_the_bytes():
         assert q.nbytes() == theirs
         assert q.bits_per_weight() == pytest.approx(expected, abs=1e-5)
     assert nf4.nf4_quantize(w, blocksize=128).bits_per_weight() == 4.25
+
+
+def test_results_count_the_bytes_of_the_tensors_they_hold():
+    from qlearn._quantized import Quantized
+
+    w = torch.randn(64, 256)
+
+    def size(t):
+        return t.numel() * t.element_size()
+
+    plain = nf4.nf4_quantize(w)
+    assert isinstance(plain, Quantized)
+    assert plain.nbytes() == size(plain.packed) + size(plain.absmax)
+    double = nf4.nf4_quantize(w, double_quant=True)
+    nested = double.nested
+    assert isinstance(nested, Quantized)
+    assert nested.nbytes() == size(nested.codes) + size(nested.absmax)
+    assert nested.bits_per_weight() == 8 * nested.nbytes() / nested.codes.numel()
+    assert double.nbytes() == size(double.packed) + nested.nbytes() + size(double.offset)
+
+
+def test_quantize_model_in_place_equals_the_copy(tiny_model):
+    copied = nf4.quantize_model(tiny_model, blocksize=32)
+    same = nf4.quantize_model_(tiny_model, blocksize=32)
+    assert same is tiny_model
+    for (_, a), (_, b) in zip(linear_layers(copied), linear_layers(same), strict=True):
+        assert torch.equal(get_weight(a), get_weight(b))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,3 +95,21 @@ def test_range_histogram_draws_one_line_per_range():
         plot.range_histogram(x, {}, title="none")
     with pytest.raises(ValueError, match="x"):
         plot.range_histogram(torch.zeros(3), {"a": (-1.0, 1.0)}, title="zeros")
+
+
+def test_draw_block_draws_every_byte_by_field():
+    from qlearn import gguf
+
+    x = (np.random.default_rng(0).standard_normal((1, 256)) * 0.05).astype(np.float32)
+    raw = gguf.quantize(x, "Q6_K")[0]
+    fig = plot.draw_block(raw, "Q6_K")
+    ax = fig.axes[0]
+    assert len(ax.patches) == 210
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "ql (128 B)", "qh (64 B)", "scales (16 B)", "d (2 B)"
+    ]  # fmt: skip
+    assert ax.texts[0].get_text() == f"{raw[0]:02x}"
+    with pytest.raises(ValueError, match="210 bytes"):
+        plot.draw_block(raw[:100], "Q6_K")
+    for qtype, layout in gguf.LAYOUTS.items():
+        assert sum(n for _, n in layout) == gguf.BLOCKS[qtype].type_size

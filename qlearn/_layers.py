@@ -1,4 +1,8 @@
-"""The plumbing of layer-by-layer calibration, shared by GPTQ and AWQ.
+"""What every method needs of a model's layers: which modules are linear, their weight as
+[out, in], the model's device, and the plumbing of layer-by-layer calibration.
+
+Private to qlearn (learners use ``qlearn.models``, whose public functions build on these).
+Layer by layer, shared by GPTQ and AWQ:
 
 Both methods quantize a model one decoder layer at a time, each calibrated on the outputs of
 the layers already processed (Frantar et al. 2023, §4, the reference's ``llama_sequential``;
@@ -16,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qlearn._checks import check_int
+from qlearn._checks import check_float_tensor, check_int
 from qlearn.data import calibration_windows, token_batches
 
 LayerCall = tuple[tuple[Any, ...], dict[str, Any]]
@@ -27,11 +31,50 @@ class StopForwardError(Exception):
     """Raised by a hook to end a forward pass once it has caught what it needed."""
 
 
+def is_conv1d(module: nn.Module) -> bool:
+    """True for transformers' GPT-2 ``Conv1D`` (a linear layer whose weight is stored [in, out])."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is a dependency; be tolerant in bare environments
+        return False
+    return isinstance(module, Conv1D)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """True for ``nn.Linear`` and GPT-2 ``Conv1D``: the layers every method quantizes."""
+    return isinstance(module, nn.Linear) or is_conv1d(module)
+
+
+def weight_of(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as [out_features, in_features] (a view; ``Conv1D``'s is transposed)."""
+    if not is_linear(layer):
+        raise TypeError(
+            f"layer: expected nn.Linear or transformers Conv1D, got {type(layer).__name__}"
+        )
+    return layer.weight.T if is_conv1d(layer) else layer.weight
+
+
+def set_weight_(layer: nn.Module, weight: torch.Tensor) -> None:
+    """Overwrite the layer's weight in place with ``weight``, given as [out, in]."""
+    current = weight_of(layer)
+    check_float_tensor(weight, "weight")
+    if weight.shape != current.shape:
+        raise ValueError(
+            f"weight: expected shape {tuple(current.shape)} ([out, in]), got {tuple(weight.shape)}"
+        )
+    with torch.no_grad():
+        current.copy_(weight.to(current.dtype))
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return torch.device("cpu") if parameter is None else parameter.device
+
+
 def linears_of(block: nn.Module) -> list[tuple[str, nn.Module]]:
     """The linear layers (``nn.Linear``, GPT-2 ``Conv1D``) inside one decoder block, by name."""
-    from qlearn.models import _is_linear
-
-    return [(name, module) for name, module in block.named_modules() if _is_linear(module)]
+    return [(name, module) for name, module in block.named_modules() if is_linear(module)]
 
 
 def main_output(output: Any) -> torch.Tensor:
@@ -54,7 +97,7 @@ def first_layer_inputs(
         calls.append((tuple(rest), kwargs))
         raise StopForwardError
 
-    device = next(model.parameters()).device
+    device = model_device(model)
     handle = first.register_forward_pre_hook(catch, with_kwargs=True)
     try:
         for batch in batches:

@@ -1,0 +1,180 @@
+"""Chapter 06's exercises: GGUF blocks, byte for byte. Taught in notebooks/06_gguf.ipynb."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from qlearn import gguf
+from qlearn.exercises._compare import as_tensor, show, show_bytes
+from qlearn.exercises._runner import Case, Draw, Spec
+
+
+def _blocks(draw: Draw, *spreads: float) -> list[np.ndarray]:
+    return [(draw.np.standard_normal(32) * s).astype(np.float32) for s in spreads]
+
+
+def _q8_0_blocks(draw: Draw) -> list[Case]:
+    """The bytes of random blocks of very different sizes, one of them all zeros."""
+    raws = [gguf.quantize(x, "Q8_0") for x in _blocks(draw, 1.0, 0.01, 300.0, 0.0)]
+    return [Case((raw,), shown={"raw": show_bytes(raw)}) for raw in raws]
+
+
+def _blocks_with_halves(draw: Draw) -> list[Case]:
+    """Random blocks, one all zeros, one whose values are exact halves of its step."""
+    blocks = _blocks(draw, 1.0, 0.02, 50.0)
+    halves = np.arange(32, dtype=np.float32) - 15.5  # d = 127 / 127 = 1: values k + 0.5
+    halves[0] = 127.0
+    zeros = Case((np.zeros(32, np.float32),), "all zeros")
+    return [*(Case((x,)) for x in blocks), zeros, Case((halves,), "exact halves of the step")]
+
+
+def _signed_blocks(draw: Draw) -> list[Case]:
+    """Random blocks whose largest magnitude is positive or negative, and one of zeros."""
+    cases = []
+    for x, sign in zip(_blocks(draw, 1.0, 0.05, 20.0, 1.0, 0.0), (1, -1, 1, -1, 1), strict=True):
+        k = int(np.abs(x).argmax())
+        x[k] = sign * abs(x[k]) * 1.5
+        note = f"largest magnitude {'positive' if sign > 0 else 'negative'}"
+        cases.append(Case((x,), note if x.any() else "all zeros"))
+    return cases
+
+
+def _constant_blocks(draw: Draw) -> list[Case]:
+    """Random blocks, an all-positive one, a constant one."""
+    blocks = _blocks(draw, 1.0, 0.03, 8.0)
+    positive = Case(((draw.np.random(32) * 2 + 1).astype(np.float32),), "all positive")
+    constant = Case((np.full(32, 0.75, np.float32),), "constant")
+    return [*(Case((x,)) for x in blocks), positive, constant]
+
+
+def _as_bytes(got: Any) -> np.ndarray | str:
+    """uint8 numpy bytes from bytes, bytearray, a numpy array or a tensor of values 0–255."""
+    if isinstance(got, (bytes, bytearray)):
+        return np.frombuffer(bytes(got), dtype=np.uint8)
+    got = got.detach().numpy() if isinstance(got, torch.Tensor) else got
+    got = np.asarray(got) if isinstance(got, (list, tuple)) else got
+    if not isinstance(got, np.ndarray):
+        return f"expected bytes (a uint8 numpy array), got {show(got)}"
+    if got.dtype != np.uint8:
+        if got.dtype.kind not in "iu" or (got.size and (got.min() < 0 or got.max() > 255)):
+            return f"expected bytes (uint8, 0 to 255), got a {got.dtype} array"
+        got = got.astype(np.uint8)
+    return got.reshape(-1)
+
+
+def _compare_bytes(got: Any, expected: np.ndarray, case: Case, *, qtype: str) -> str | None:
+    """The bytes of one block of ``qtype``: equal, or which field of the block differs first."""
+    data, expected = _as_bytes(got), expected.reshape(-1)
+    if isinstance(data, str):
+        return data
+    if data.size != expected.size:
+        return f"expected {expected.size} bytes (one {qtype} block), got {data.size}"
+    differ = np.flatnonzero(data != expected)
+    if not differ.size:
+        return None
+    first, start, name = int(differ[0]), 0, ""
+    for name, size in gguf.LAYOUTS[qtype]:  # noqa: B007 (the field that holds byte `first`)
+        if first < start + size:
+            break
+        start += size
+    if name in ("d", "m"):
+        want, have = (float(b[start : start + 2].view(np.float16)[0]) for b in (expected, data))
+        what = "scale d" if name == "d" else "min m"
+        return (
+            f"the {what} (bytes {start}–{start + 1}, fp16) differs: expected {want!r}, got {have!r}"
+        )
+    j = first - start
+    text = (
+        f"{differ.size} bytes differ; the first is byte {first} (byte {j} of the codes): "
+        f"expected 0x{int(expected[first]):02x}, got 0x{int(data[first]):02x}"
+    )
+    if qtype == "Q8_0":
+        return text + f" (code {j}: expected {int(expected[first : first + 1].view(np.int8)[0])})"
+    return text + f" (low nibble: code {j}, high nibble: code {j + 16})"
+
+
+def _neighbours(got: Any, expected: np.ndarray, case: Case) -> bool:
+    start = expected.size - 16  # the codes packed as neighbours (2j, 2j + 1) in one byte
+    codes = np.concatenate([expected[start:] & 15, expected[start:] >> 4])
+    return np.array_equal(
+        _as_bytes(got)[start:], (codes[0::2] | (codes[1::2] << 4)).astype(np.uint8)
+    )
+
+
+_NEIGHBOURS = (_neighbours, "codes 2j and 2j + 1 share a byte: GGUF puts codes j and j + 16 there")
+
+SPECS = [
+    Spec(
+        signature="dequantize_q8_0(raw)",
+        title="Read a Q8_0 block",
+        doc="""→ the 32 float32 values of one Q8_0 block of 34 bytes (an fp16 scale d, then 32
+        int8 codes q; value = d · q); a numpy array or a torch tensor. Reference:
+        ``qlearn.gguf.dequantize(raw, "Q8_0")`` (gguf-py's, llama.cpp's ``block_q8_0``),
+        exactly.""",
+        inputs=_q8_0_blocks,
+        reference=lambda raw: torch.from_numpy(gguf.dequantize(raw, "Q8_0")),
+        mistakes=[
+            (
+                lambda got, expected, case: bool(
+                    (expected < 0).any() and (as_tensor(got) >= 0).all()
+                ),
+                "the codes are signed int8: byte 0xff is -1, not 255",
+            )
+        ],
+        hint="""d = raw[:2].view(np.float16) as float32, q = raw[2:].view(np.int8) (the codes are
+        signed: 0xff is -1, not 255); values = d * q.""",
+        passed="agrees with qlearn.gguf.dequantize on {n} blocks",
+    ),
+    Spec(
+        signature="quantize_q8_0(x)",
+        title="Write a Q8_0 block",
+        doc="""→ the 34 bytes of the Q8_0 block of 32 float32 values: d = max|x| / 127 as fp16,
+        then q = roundf(x · (1/d)) as int8 (d and 1/d float32, 0 for a block of zeros; C's
+        ``roundf`` rounds halves away from zero). Reference: ``qlearn.gguf.quantize(x,
+        "Q8_0")`` (gguf-py's bytes, equal to llama.cpp's), byte for byte.""",
+        inputs=_blocks_with_halves,
+        reference=lambda x: gguf.quantize(x, "Q8_0"),
+        compare=partial(_compare_bytes, qtype="Q8_0"),
+        hint="""d = np.abs(x).max() / 127 (float32); q = x * (1 / d) rounded half away from zero:
+        np.sign(v) * np.floor(np.abs(v) + 0.5); bytes = d as np.float16 .view(np.uint8), then
+        q.astype(np.int8).view(np.uint8).""",
+        passed="gives qlearn.gguf.quantize's bytes on {n} blocks",
+    ),
+    Spec(
+        signature="quantize_q4_0(x)",
+        title="Pack a Q4_0 block",
+        doc="""→ the 18 bytes of the Q4_0 block of 32 float32 values: m = the value of largest
+        magnitude (the first such, with its sign), d = m / −8 (float32), q = min(15, trunc(x ·
+        (1/d) + 8.5)); d as fp16, then byte j holding q[j] in its low nibble and q[j + 16] in
+        its high one. Reference: ``qlearn.gguf.quantize(x, "Q4_0")`` (gguf-py's bytes,
+        llama.cpp's ``block_q4_0``), byte for byte.""",
+        inputs=_signed_blocks,
+        reference=lambda x: gguf.quantize(x, "Q4_0"),
+        compare=partial(_compare_bytes, qtype="Q4_0"),
+        mistakes=[_NEIGHBOURS],
+        hint="""m = x[np.abs(x).argmax()] keeps its sign; d = m / -8; q = np.minimum(15,
+        np.trunc(x * (1 / d) + 8.5)).astype(np.uint8); the codes are packed q[:16] | (q[16:] <<
+        4) — the first half in the low nibbles, not neighbours in one byte.""",
+        passed="gives qlearn.gguf.quantize's bytes on {n} blocks",
+    ),
+    Spec(
+        signature="quantize_q4_1(x)",
+        title="Pack a Q4_1 block",
+        doc="""→ the 20 bytes of the Q4_1 block of 32 float32 values: d = (max − min) / 15, m =
+        min (float32), q = min(15, trunc((x − m) · (1/d) + 0.5)) (1/d = 0 for a constant
+        block); d and m as fp16, then the codes packed as in Q4_0. Reference:
+        ``qlearn.gguf.quantize(x, "Q4_1")`` (gguf-py's bytes, llama.cpp's ``block_q4_1``), byte
+        for byte.""",
+        inputs=_constant_blocks,
+        reference=lambda x: gguf.quantize(x, "Q4_1"),
+        compare=partial(_compare_bytes, qtype="Q4_1"),
+        mistakes=[_NEIGHBOURS],
+        hint="""lo, hi = x.min(), x.max(); d = (hi - lo) / 15; q = np.minimum(15, np.trunc((x -
+        lo) * (1 / d) + 0.5)); bytes: d, then lo, as fp16, then q[:16] | (q[16:] << 4).""",
+        passed="gives qlearn.gguf.quantize's bytes on {n} blocks",
+    ),
+]

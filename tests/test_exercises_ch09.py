@@ -1,0 +1,62 @@
+"""Chapter 09's exercises (the capstone): right answers without qlearn (gguf-py's block sizes,
+plain loops), named as the exercises; WRONG ones with the diagnosis each must get (run by
+test_exercises_runner.py); the chapter's own cases."""
+
+from __future__ import annotations
+
+import math
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+
+def _nf4_bits_per_weight(n, blocksize, double_quant):
+    blocks = n // blocksize
+    constants = blocks + 4 * math.ceil(blocks / 256) + 4 if double_quant else 4 * blocks
+    return 8 * (n / 2 + constants) / n
+
+
+def bits_from_bytes(w, fmt):
+    n = w.numel()
+    if fmt == "NF4":
+        return 4 + 32 / 64
+    if fmt == "NF4+DQ":
+        return _nf4_bits_per_weight(n, 64, True)
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[fmt]]
+    return 8 * type_size / block
+
+
+def best_under_budget(results, max_bits):
+    best = None
+    for label, (bits, ppl) in results.items():
+        if bits <= max_bits and (best is None or ppl < results[best][1]):
+            best = label
+    return best
+
+
+def pareto_front(results):
+    front, lowest = [], math.inf
+    for label in sorted(results, key=lambda k: results[k]):
+        if results[label][1] < lowest:
+            front.append(label)
+            lowest = results[label][1]
+    return front
+
+
+WRONG = {
+    "bits_from_bytes": [
+        (
+            lambda w, fmt: {"F16": 16, "Q8_0": 8, "Q4_0": 4, "Q4_K": 4, "Q6_K": 6}.get(fmt[:4], 4),
+            "the scales stored beside the codes are missing",
+        )
+    ],
+    "best_under_budget": [
+        (
+            lambda r, m: min((k for k in r if r[k][0] < m), key=lambda k: r[k][1], default=None),
+            "compare with <=, not <",
+        )
+    ],
+    "pareto_front": [
+        lambda r: sorted(r, key=lambda k: r[k][0]),  # every method
+        lambda r: [k for i, k in enumerate(r) if all(r[k][1] < r[j][1] for j in list(r)[:i])],
+    ],
+}
