@@ -370,8 +370,9 @@ def quantize_dynamic_8bit(x: torch.Tensor, *, blocksize: int = 256) -> DynamicQu
     v = clamp(x · (1 / c), −1, 1), then a lookup table of 65,536 cells over [−1, 1]: cell
     k = trunc((v + 1) · ½ · 65535 + ½), and each cell holds the level nearest to its left edge
     −1 + 2k / 65535. Near a midpoint between two levels (within half a cell, 1.5e-5) a value
-    can get the farther level. An all-zero block gets absmax 0 and codes 0 (which stand for −1:
-    0 · −1 = 0). Dettmers 2016 §3; QLoRA §3 (double quantization). Taught in
+    can get the farther level. An all-zero block gets absmax 0 and codes 0 (which stand for the
+    map's lowest value, −0.99297: times 0 it is 0). Dettmers 2016 §3; QLoRA §3 (double
+    quantization). Taught in
     notebooks/08_awq_nf4.ipynb.
     """
     check_float_tensor(x, "x")

@@ -120,10 +120,25 @@ def bit_layout(code: int, fmt: str, *, title: str | None = None) -> Figure:
     return fig
 
 
-def draw_block(raw_block: np.ndarray | bytes, qtype: str, *, title: str | None = None) -> Figure:
+def draw_block(
+    raw_block: np.ndarray | bytes,
+    qtype: str,
+    *,
+    title: str | None = None,
+    sub_blocks: bool = False,
+) -> Figure:
     """One GGUF block's bytes, coloured by field (``qlearn.gguf.LAYOUTS``), each cell showing
     its hex value; 16 bytes a row. Gerganov et al., ggml (2023), ``ggml-common.h``'s block
-    structs. Taught in notebooks/06_gguf.ipynb."""
+    structs. Taught in notebooks/06_gguf.ipynb.
+
+    ``sub_blocks=True`` (Q4_K only) colours the bits instead by the sub-block they belong to:
+    d and dmin, then each sub-block's 6-bit scale and min (mins hatched) in the 12 ``scales``
+    bytes, then its 32 four-bit codes in ``qs``; a byte is split where its bits belong to two
+    sub-blocks (bit 7 on the left). Each drawn part's ``gid`` reads
+    ``"owner,kind,element,byte,first bit,bits,first value bit"`` (owner a sub-block number or
+    ``d``/``dmin``; kind ``d``, ``dmin``, ``scale``, ``min`` or ``q``), so a test can rebuild
+    every field from the bytes as the figure assigns them.
+    """
     from qlearn import gguf
 
     gguf.unpack_block(raw_block, qtype)  # checks the type and the block's length
@@ -132,6 +147,10 @@ def draw_block(raw_block: np.ndarray | bytes, qtype: str, *, title: str | None =
         raw = np.ascontiguousarray(raw_block).ravel()
     else:
         raw = np.frombuffer(raw_block, dtype=np.uint8)
+    if sub_blocks:
+        if qtype != "Q4_K":
+            raise ValueError(f"sub_blocks: drawn for Q4_K only, got {qtype!r}")
+        return _draw_q4_k_sub_blocks(raw, title)
     per_row = 16 if fmt.type_size > 36 else fmt.type_size
     n_rows = -(-fmt.type_size // per_row)
     colors = dict(zip(["d", "dmin", "m", "scales", "hmask", "qh", "qs", "ql"],
@@ -156,6 +175,79 @@ def draw_block(raw_block: np.ndarray | bytes, qtype: str, *, title: str | None =
         title
         or f"{fmt.name}: {fmt.type_size} bytes hold {fmt.block_size} weights "
         f"({fmt.bits_per_weight:g} bits each)"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _q4_k_parts() -> list[tuple[int, int, int, int | str, str, int, int]]:
+    """Who owns each bit of a Q4_K block (``get_scale_min_k4`` and ``dequantize_row_q4_K`` of
+    ggml-quants.c): (byte, first bit, bits, owner, kind, element, first value bit)."""
+    parts: list[tuple[int, int, int, int | str, str, int, int]] = [
+        (0, 0, 8, "d", "d", 0, 0), (1, 0, 8, "d", "d", 0, 8),
+        (2, 0, 8, "dmin", "dmin", 0, 0), (3, 0, 8, "dmin", "dmin", 0, 8),
+    ]  # fmt: skip
+    for i in range(4):  # scales bytes 0-3: scale i, top bits of scale i+4; 4-7: the same for mins
+        parts += [(4 + i, 0, 6, i, "scale", 0, 0), (4 + i, 6, 2, i + 4, "scale", 0, 4)]
+        parts += [(8 + i, 0, 6, i, "min", 0, 0), (8 + i, 6, 2, i + 4, "min", 0, 4)]
+        parts += [(12 + i, 0, 4, i + 4, "scale", 0, 0), (12 + i, 4, 4, i + 4, "min", 0, 0)]
+    for b in range(128):  # qs: 32 bytes per pair of sub-blocks, low nibble first
+        k, element = divmod(b, 32)
+        parts += [
+            (16 + b, 0, 4, 2 * k, "q", element, 0),
+            (16 + b, 4, 4, 2 * k + 1, "q", element, 0),
+        ]
+    return sorted(parts)
+
+
+def _draw_q4_k_sub_blocks(raw: np.ndarray, title: str | None) -> Figure:
+    per_row, n_rows = 16, 9
+    tab = plt.get_cmap("tab10").colors
+    colors: dict[int | str, tuple[float, ...] | str] = {
+        j: tab[c] for j, c in enumerate((0, 1, 2, 3, 4, 5, 6, 9))
+    }
+    colors.update({"d": "#333333", "dmin": "#888888"})
+    fig, ax = plt.subplots(figsize=(11.5, 5.4))
+    for position, first, bits, owner, kind, element, value_bit in _q4_k_parts():
+        row, col = divmod(position, per_row)
+        left = col + (8 - first - bits) / 8  # bit 7 on the left, bit 0 on the right
+        patch = Rectangle((left, -row), bits / 8, 1, facecolor=colors[owner], edgecolor="none",
+                          hatch="////" if kind == "min" else None, linewidth=0)  # fmt: skip
+        patch.set_gid(f"{owner},{kind},{element},{position},{first},{bits},{value_bit}")
+        ax.add_patch(patch)
+        if kind in ("scale", "min") and bits >= 4:
+            label = f"{'s' if kind == 'scale' else 'm'}{owner}"
+            ax.text(left + bits / 16, -row + 0.2, label, ha="center", va="center", fontsize=6,
+                    color="white", fontweight="bold")  # fmt: skip
+    for position in range(raw.size):
+        row, col = divmod(position, per_row)
+        ax.add_patch(Rectangle((col, -row), 1, 1, facecolor="none", edgecolor="white", lw=1.5))
+        y = -row + (0.62 if 4 <= position < 16 else 0.5)
+        ax.text(col + 0.5, y, f"{raw[position]:02x}", ha="center", va="center", fontsize=7,
+                color="white", family="monospace")  # fmt: skip
+    notes = ["d, dmin (fp16) | 12 bytes: 8 six-bit scales s_j, mins m_j"]
+    notes += [f"codes of sub-blocks {2 * k} (low nibbles)\nand {2 * k + 1} (high nibbles), 32 each"
+              for k in range(4)]  # fmt: skip
+    for row, note in zip((0, 1.5, 3.5, 5.5, 7.5), notes, strict=True):
+        ax.annotate(note, (per_row + 0.2, -row + 0.5), fontsize=8, va="center")
+    for k in range(4):  # a bracket per pair of rows
+        top, bottom = -1 - 2 * k + 1, -1 - 2 * k - 1
+        ax.plot([per_row + 0.1] * 2, [top - 0.05, bottom + 0.05], color="black", lw=1)
+    handles = [Patch(color=colors["d"], label="d (fp16)"),
+               Patch(color=colors["dmin"], label="dmin (fp16)")]  # fmt: skip
+    handles += [Patch(color=colors[j], label=f"sub-block {j}") for j in range(8)]
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="////", label="min bits"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.42, 0.0), ncol=6,
+              frameon=False, fontsize=8)  # fmt: skip
+    ax.set_xlim(0, per_row + 4.2)
+    ax.set_ylim(-n_rows + 1, 1)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(
+        title
+        or "Q4_K, 144 bytes for 256 weights: d, dmin → each sub-block's 6-bit scale s_j and "
+        "min m_j → its 32 codes\nweight l of sub-block j = d·s_j·q_l − dmin·m_j",
+        fontsize=10,
     )
     fig.tight_layout()
     return fig

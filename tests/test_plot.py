@@ -113,3 +113,36 @@ def test_draw_block_draws_every_byte_by_field():
         plot.draw_block(raw[:100], "Q6_K")
     for qtype, layout in gguf.LAYOUTS.items():
         assert sum(n for _, n in layout) == gguf.BLOCKS[qtype].type_size
+
+
+def test_draw_block_by_sub_block_assigns_every_bit_of_q4_k_as_the_format_does():
+    from qlearn import gguf
+
+    x = (np.random.default_rng(1).standard_normal(256) * 0.05).astype(np.float32)
+    raw = gguf.quantize(x, "Q4_K")
+    fields = gguf.unpack_block(raw, "Q4_K")
+    fig = plot.draw_block(raw, "Q4_K", sub_blocks=True)
+    ax = fig.axes[0]
+    parts = [patch.get_gid().split(",") for patch in ax.patches if patch.get_gid()]
+    rebuilt = {"scales": np.zeros(8, int), "mins": np.zeros(8, int), "q": np.zeros(256, int)}
+    header = {"d": 0, "dmin": 0}
+    covered = np.zeros((144, 8), int)
+    for owner, kind, element, position, first, bits, value_bit in parts:
+        position, first, bits, value_bit = int(position), int(first), int(bits), int(value_bit)
+        covered[position, first : first + bits] += 1
+        value = (int(raw[position]) >> first) & ((1 << bits) - 1)
+        if kind in header:
+            assert owner == kind
+            header[kind] |= value << value_bit
+        elif kind == "q":
+            rebuilt["q"][32 * int(owner) + int(element)] |= value << value_bit
+        else:
+            rebuilt["scales" if kind == "scale" else "mins"][int(owner)] |= value << value_bit
+    assert (covered == 1).all()  # every bit of the 144 bytes drawn once
+    for name in ("scales", "mins", "q"):
+        assert np.array_equal(rebuilt[name], fields[name]), name
+    assert np.array([header["d"]], np.uint16).view(np.float16)[0] == fields["d"]
+    assert np.array([header["dmin"]], np.uint16).view(np.float16)[0] == fields["dmin"]
+    assert sum(t.get_text() == f"{raw[0]:02x}" for t in ax.texts) >= 1
+    with pytest.raises(ValueError, match="Q4_K only"):
+        plot.draw_block(gguf.quantize(np.zeros(256, np.float32), "Q6_K"), "Q6_K", sub_blocks=True)
