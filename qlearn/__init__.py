@@ -20,6 +20,8 @@ One module per concept, in course order:
 - :mod:`qlearn.widgets`  — interactive explorers (ipywidgets) over tested functions.
 - :mod:`qlearn.exercises` — the checks of every chapter's exercises.
 - :mod:`qlearn.claims`   — what a notebook asserts about numbers that vary from CPU to CPU.
+- :mod:`qlearn.reuse`    — results kept on disk under the key of all that decides them, so a
+  later chapter reads back what an earlier one measured.
 
 Every quantized result of every method is a :class:`Quantized`: ``dequantize()``, ``nbytes()``
 (the bytes it stores) and ``bits_per_weight()``.

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from qlearn import _quantized
+from qlearn import _quantized, reuse
 from qlearn._checks import (
     check_bits,
     check_bool,
@@ -214,6 +214,32 @@ class AWQReport:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     layers: list[LayerReport] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AWQReport:
+        """The report ``dataclasses.asdict`` gave ``data`` (read back from JSON)."""
+        scales = [
+            ScaleReport(
+                **{
+                    **row,
+                    "layers": tuple(row["layers"]),
+                    "alphas": tuple(row["alphas"]),
+                    "errors": tuple(row["errors"]),
+                }
+            )
+            for row in data["scales"]
+        ]
+        layers = [LayerReport(**{**row, "shape": tuple(row["shape"])}) for row in data["layers"]]
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in data["settings"].items()}
+        return cls(
+            **{
+                **data,
+                "scales": scales,
+                "layers": layers,
+                "settings": settings,
+                "clipped": list(data["clipped"]),
+            }
+        )
 
     def nbytes(self) -> float:
         """The bytes of every quantized layer: the sum of each :class:`GroupQuantized`'s
@@ -530,6 +556,8 @@ def quantize_model(
     model: nn.Module,
     calibration_texts: str | torch.Tensor | Sequence[torch.Tensor] | Sequence[str],
     tokenizer: Any = None,
+    *,
+    cache: bool = False,
     **options: Any,
 ) -> tuple[nn.Module, AWQReport]:
     """Return ``(an AWQ-quantized copy of model, an AWQReport)``; ``model`` is left untouched.
@@ -538,9 +566,17 @@ def quantize_model(
     Lin et al. 2024, §3. Taught in notebooks/08_awq_nf4.ipynb.
 
     ``options``: the keyword arguments of :func:`quantize_model_` (bits, group_size, …).
+    With ``cache=True`` a result computed before on this machine, from the same model,
+    calibration and options, is read back instead (:func:`qlearn.reuse.quantized_copy`): the
+    same tensors (the folded norms too) and the same report, ``seconds`` included.
     """
     check_module(model)
-    return quantize_model_(copy.deepcopy(model), calibration_texts, tokenizer, **options)
+    cache = check_bool(cache, "cache")
+    if not cache:
+        return quantize_model_(copy.deepcopy(model), calibration_texts, tokenizer, **options)
+    return reuse.quantized_copy(
+        "awq", quantize_model_, model, calibration_texts, tokenizer, options, AWQReport.from_dict
+    )
 
 
 def quantize_model_(

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qlearn._checks import check_int
+from qlearn import reuse
+from qlearn._checks import check_bool, check_int
 from qlearn._layers import model_device
 from qlearn._progress import progress_bar
 
@@ -28,6 +29,7 @@ def perplexity(
     max_tokens: int = 2048,
     window: int = 1024,
     progress: bool | None = None,
+    cache: bool = False,
 ) -> float:
     """Perplexity of ``model`` on the first ``max_tokens`` tokens of ``text``.
 
@@ -38,9 +40,26 @@ def perplexity(
     tokens, not over windows. With ``max_tokens=4096, window=1024`` this is the evaluation
     behind the course's anchor figures (docs/design.md, "Anchor figures"). Taught in
     notebooks/02_absmax_zeropoint.ipynb.
+
+    With ``cache=True`` the perplexity of the same model (every tensor), tokens and window,
+    measured before on this machine, is read back (:func:`qlearn.reuse.remember_number`): the
+    chapters evaluate the FP32 model, and the capstone the models of chapters 01–08, only once.
     """
+    cache = check_bool(cache, "cache")
     windows = token_windows(tokenizer, text, max_tokens=max_tokens, window=window)
     device = model_device(model)
+    if cache and reuse.plain_model(model):
+        return reuse.remember_number(
+            "perplexity",
+            (model, windows, str(device)),
+            lambda: _perplexity(model, windows, device, progress),
+        )
+    return _perplexity(model, windows, device, progress)
+
+
+def _perplexity(
+    model: nn.Module, windows: list[torch.Tensor], device: torch.device, progress: bool | None
+) -> float:
     total_nll, total_predicted = 0.0, 0
     with torch.inference_mode():
         for ids in progress_bar(windows, desc="perplexity", progress=progress):

@@ -46,7 +46,7 @@ from typing import Any, Final
 import torch
 from torch import nn
 
-from qlearn import _quantized
+from qlearn import _quantized, reuse
 from qlearn._checks import (
     check_bits,
     check_bool,
@@ -563,6 +563,12 @@ class GPTQReport:
     seconds: float = 0.0
     gptq_seconds: float = 0.0
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GPTQReport:
+        """The report ``dataclasses.asdict`` gave ``data`` (read back from JSON)."""
+        layers = [LayerReport(**{**row, "shape": tuple(row["shape"])}) for row in data["layers"]]
+        return cls(**{**data, "layers": layers, "settings": dict(data["settings"])})
+
     def nbytes(self) -> float:
         """The bytes of every quantized layer: the sum of each :class:`QuantizedWeight`'s
         ``nbytes()`` (codes packed, fp16 scales, zero points, g_idx where act-order needs it).
@@ -592,6 +598,8 @@ def quantize_model(
     model: nn.Module,
     calibration_texts: str | torch.Tensor | Sequence[torch.Tensor] | Sequence[str],
     tokenizer: Any = None,
+    *,
+    cache: bool = False,
     **options: Any,
 ) -> tuple[nn.Module, GPTQReport]:
     """Return ``(a GPTQ-quantized copy of model, a GPTQReport)``; ``model`` is left untouched.
@@ -600,9 +608,17 @@ def quantize_model(
     Frantar et al. 2023, §4. Taught in notebooks/05_gptq.ipynb.
 
     ``options``: the keyword arguments of :func:`quantize_model_` (bits, group_size, …).
+    With ``cache=True`` a result computed before on this machine, from the same model,
+    calibration and options, is read back instead (:func:`qlearn.reuse.quantized_copy`): the
+    same tensors and the same report, ``seconds`` included (the time it took then).
     """
     check_module(model)
-    return quantize_model_(copy.deepcopy(model), calibration_texts, tokenizer, **options)
+    cache = check_bool(cache, "cache")
+    if not cache:
+        return quantize_model_(copy.deepcopy(model), calibration_texts, tokenizer, **options)
+    return reuse.quantized_copy(
+        "gptq", quantize_model_, model, calibration_texts, tokenizer, options, GPTQReport.from_dict
+    )
 
 
 def quantize_model_(
