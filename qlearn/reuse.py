@@ -194,14 +194,15 @@ def quantized_copy(
     through :func:`remember_model`: a calibrated method's ``quantize_model(..., cache=True)``.
 
     The key holds the calibration (texts or token tensors; a text needs a fast tokenizer, whose
-    definition is hashed) and every option but ``progress``; when the calibration cannot be
-    fingerprinted the copy is simply computed.
+    definition is hashed) and every setting but ``progress``, defaults filled in from
+    ``quantize_in_place``'s signature (so ``act_order=False`` given or left out is one key);
+    when the calibration cannot be fingerprinted the copy is simply computed.
     """
 
     def compute() -> tuple[nn.Module, R]:
         return quantize_in_place(copy.deepcopy(model), calibration_texts, tokenizer, **options)
 
-    settings = {name: value for name, value in options.items() if name != "progress"}
+    settings = _settings(quantize_in_place, options)
     texts = [calibration_texts] if isinstance(calibration_texts, str) else calibration_texts
     needs_tokenizer = isinstance(texts, (list, tuple)) and any(isinstance(t, str) for t in texts)
     identity = tokenizer_identity(tokenizer) if needs_tokenizer else None
@@ -214,6 +215,22 @@ def quantized_copy(
     return remember_model(
         kind, model, (calibration_texts, identity, settings), compute, report_from_dict
     )
+
+
+def _settings(quantize_in_place: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with every keyword default of ``quantize_in_place`` filled in, minus
+    ``progress`` (it changes no result). An unknown option raises TypeError, as the call would."""
+    import inspect
+
+    signature = inspect.signature(quantize_in_place)
+    bound = signature.bind_partial(None, None, None, **options)
+    bound.apply_defaults()
+    first_three = list(signature.parameters)[:3]
+    return {
+        name: value
+        for name, value in bound.arguments.items()
+        if name not in first_three and name != "progress"
+    }
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -6,7 +6,11 @@
 In a lab copy every cell tagged ``solution`` keeps its imports, the signatures and docstrings of
 its functions and classes, and nothing else: each body becomes ``raise NotImplementedError``, so
 the check cell after it still names the right thing and reports "not implemented yet" until the
-learner writes the body. Solution and check cells (tagged ``check``) lose their outputs; every
+learner writes the body. In the course's notebooks a solution cell is collapsed (Jupyter's
+``source_hidden`` metadata, and the tag ``hide-input`` that the site's toggle reads), so that a
+self-learner does not read the answer under the question; in a lab copy the stub is shown open.
+Solution, check (tagged ``check``) and answer cells (tagged ``answer``: the collapsed answer to
+an exercise's follow-up question, computed with qlearn's own functions) lose their outputs; every
 other cell keeps its source, its outputs (figures included) and its metadata. ``make labs`` runs
 this; ``labs/`` is a build output, not committed.
 """
@@ -24,6 +28,8 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTION_TAG = "solution"
 CHECK_TAG = "check"
+ANSWER_TAG = "answer"
+COLLAPSED_TAG = "hide-input"  # myst-nb's toggle on the site
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
@@ -63,14 +69,27 @@ def make_lab(notebook: nbformat.NotebookNode) -> tuple[nbformat.NotebookNode, in
     stubbed = 0
     for cell in lab.cells:
         tags = cell.get("metadata", {}).get("tags", [])
-        if cell.cell_type != "code" or not {SOLUTION_TAG, CHECK_TAG} & set(tags):
+        if cell.cell_type != "code" or not {SOLUTION_TAG, CHECK_TAG, ANSWER_TAG} & set(tags):
             continue
         if SOLUTION_TAG in tags:
             cell.source = stub_source(cell.source)
+            _show_source(cell)
             stubbed += 1
         cell.outputs = []
         cell.execution_count = None
     return lab, stubbed
+
+
+def _show_source(cell: nbformat.NotebookNode) -> None:
+    """Open a collapsed cell: the stub is what the learner writes into."""
+    metadata = cell.metadata
+    metadata["tags"] = [t for t in metadata.get("tags", []) if t != COLLAPSED_TAG]
+    jupyter = metadata.get("jupyter", {})
+    jupyter.pop("source_hidden", None)
+    if jupyter:
+        metadata["jupyter"] = jupyter
+    else:
+        metadata.pop("jupyter", None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,9 @@
 Every notebook's exercise cells follow one convention: after a markdown cell starting with
 "## Exercises", each exercise is a markdown prompt, a code cell tagged ``solution`` that defines
 the answer, and a code cell tagged ``check`` that is exactly ``exercises.check_<key>(<answer>)``.
+A prompt that also asks a question (a "?") is followed, after its check, by a code cell tagged
+``answer`` that answers it with qlearn's own functions. Solutions and answers are stored
+collapsed, so that the answer is not read under the question.
 The cells' code is run here in-process (no kernel): each check must pass on the notebook's
 solution and fail with "not implemented yet" on the lab's stub. New chapters' notebooks are
 picked up by the glob ``notebooks/[0-9][0-9]_*.ipynb``.
@@ -51,7 +54,7 @@ def _exercise_section(notebook) -> tuple[list, list]:
     for i, cell in enumerate(cells):
         if cell.cell_type == "markdown" and cell.source.lstrip().startswith("## "):
             break  # "## Further reading"
-        if cell.cell_type != "code" or "check" in _tags(cell):
+        if cell.cell_type != "code" or {"check", "answer"} & set(_tags(cell)):
             continue
         if "solution" in _tags(cell):
             pairs.append((cell, cells[i + 1] if i + 1 < len(cells) else None))
@@ -156,13 +159,53 @@ def test_lab_copy_stubs_solutions_clears_exercise_outputs_and_keeps_the_rest(pat
             assert _defined_names(copy.source) == _defined_names(original.source)
             assert "raise NotImplementedError(" in copy.source
             assert copy.outputs == [] and copy.execution_count is None
-        elif "check" in tags:
-            assert copy.source == original.source
+            assert "hide-input" not in _tags(copy), "the stub is shown open in a lab"
+            assert not copy.metadata.get("jupyter", {}).get("source_hidden")
+        elif {"check", "answer"} & set(tags):
+            assert copy.source == original.source and copy.metadata == original.metadata
             assert copy.outputs == [] and copy.execution_count is None
         else:
             assert copy == original  # source, outputs (figures included) and metadata
     assert lab.metadata == notebook.metadata
     assert notebook.cells == nbformat.read(path, as_version=4).cells  # the input is untouched
+
+
+def _prompts_and_answers(notebook) -> list[tuple[str, list]]:
+    """[(an exercise's prompt, the code cells up to the next prompt), ...]."""
+    _, pairs = _exercise_section(notebook)
+    sections, ids = [], {id(solution) for solution, _ in pairs}
+    for i, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and id(cell) in ids:
+            prompt = notebook.cells[i - 1]
+            following = []
+            for later in notebook.cells[i + 1 :]:
+                if later.cell_type != "code":
+                    break
+                following.append(later)
+            sections.append((prompt.source, following))
+    return sections
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_solutions_are_collapsed_and_every_follow_up_question_is_answered(path):
+    notebook = nbformat.read(path, as_version=4)
+    for cell in notebook.cells:
+        if {"solution", "answer"} & set(_tags(cell)):
+            where = f"{path.name}, cell {cell.id}"
+            assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, where
+            assert {"hide-input", "hide-cell"} & set(_tags(cell)), f"{where}: no toggle on the site"
+        if "answer" in _tags(cell):
+            assert cell.metadata["jupyter"].get("outputs_hidden") is True, where
+            assert "hide-cell" in _tags(cell), where
+            assert cell.outputs, f"{where}: an answer cell is stored with its output"
+    for prompt, following in _prompts_and_answers(notebook):
+        where = f"{path.name}: {prompt.splitlines()[0]}"
+        answers = [c for c in following if "answer" in _tags(c)]
+        if "?" in prompt:
+            assert len(answers) == 1, f"{where}: a question without its answer cell"
+            assert "check" in _tags(following[0]) and following[1] is answers[0], where
+        else:
+            assert not answers, f"{where}: an answer cell without a question"
 
 
 SOLUTION = '''import math
@@ -229,10 +272,35 @@ def test_make_labs_writes_every_notebook(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == [p.name for p in NOTEBOOKS]
     for path in NOTEBOOKS:
         lab = nbformat.read(tmp_path / path.name, as_version=4)
-        assert not any(c.outputs for c in lab.cells if {"solution", "check"} & set(_tags(c)))
+        exercise_cells = [c for c in lab.cells if {"solution", "check", "answer"} & set(_tags(c))]
+        assert not any(c.outputs for c in exercise_cells)
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == len(NOTEBOOKS) and all("replaced by stubs" in line for line in printed)
 
 
 def _run(cell, namespace: dict, path: Path) -> None:
     exec(compile(cell.source, f"{path.name}:{cell.get('id')}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_chapter_asks_to_predict_before_a_cell_runs(path):
+    """At least one "Predict, then run." question in the chapter's body, right before the code
+    cell whose output answers it (and not in the exercises, whose answers are collapsed)."""
+    cells = nbformat.read(path, as_version=4).cells
+    end = next(
+        (
+            i
+            for i, c in enumerate(cells)
+            if c.cell_type == "markdown" and EXERCISES_HEADING.search(c.source)
+        ),
+        len(cells),
+    )
+    asked = [
+        i
+        for i, c in enumerate(cells[:end])
+        if c.cell_type == "markdown" and c.source.startswith("**Predict, then run.**")
+    ]
+    assert asked, f"{path.name}: no 'Predict, then run.' question"
+    for i in asked:
+        following = cells[i + 1]
+        assert following.cell_type == "code" and following.outputs, f"{path.name}, cell {i}"

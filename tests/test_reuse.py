@@ -169,6 +169,21 @@ def test_quantize_model_from_text_keys_by_the_tokenizer(cache, tiny_llama, char_
         assert torch.equal(a.weight, b.weight)
 
 
+def test_an_option_at_its_default_and_the_option_left_out_share_one_key(
+    cache, tiny_llama, char_tokenizer
+):
+    windows = calibration_windows(char_tokenizer, TEXT * 4, n_samples=4, seqlen=32, seed=0)
+    plain = {"bits": 3, "group_size": 16, "batch_size": 4}
+    gptq.quantize_model(tiny_llama, windows, cache=True, **plain)
+    spelled_out = {**plain, "act_order": False, "static_groups": False, "progress": False}
+    gptq.quantize_model(tiny_llama, windows, cache=True, **spelled_out)
+    assert len(list(cache.glob("gptq-*.safetensors"))) == 1
+    gptq.quantize_model(tiny_llama, windows, cache=True, **{**plain, "act_order": True})
+    assert len(list(cache.glob("gptq-*.safetensors"))) == 2
+    with pytest.raises(TypeError):
+        gptq.quantize_model(tiny_llama, windows, cache=True, bitz=3)
+
+
 def test_only_the_newest_models_are_kept(cache, tiny_llama, char_tokenizer):
     windows = calibration_windows(char_tokenizer, TEXT * 4, n_samples=4, seqlen=32, seed=0)
     for seed in range(reuse.MAX_STORED_MODELS + 2):

@@ -289,3 +289,23 @@ def test_a_chapter_renders_its_title_and_a_loaded_figure(site, browser, capsys):
     )
     path = _screenshot(browser, chapter.stem, capsys, height=int(bottom) + 40)
     assert path.stat().st_size > 20_000
+
+
+def test_solutions_and_answers_are_collapsed_until_their_toggle_is_clicked(site, browser):
+    from selenium.webdriver.common.by import By
+
+    chapter = NOTEBOOKS[0]
+    notebook = nbformat.read(chapter, as_version=4)
+    collapsed = [
+        c for c in notebook.cells if {"solution", "answer"} & set(c.metadata.get("tags", []))
+    ]
+    _open(browser, site / "notebooks" / f"{chapter.stem}.html")
+    toggles = browser.find_elements(By.CSS_SELECTOR, "article details.hide")
+    assert len(toggles) == len(collapsed)
+    first_line = collapsed[0].source.splitlines()[0]  # "def memory_gb(...":
+    solution = toggles[0].find_element(By.CSS_SELECTOR, ".cell_input")
+    assert not solution.is_displayed(), "a solution is shown under its question"
+    summary = toggles[0].find_element(By.TAG_NAME, "summary")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", summary)
+    summary.click()
+    assert solution.is_displayed() and first_line.split("(")[0] in solution.text
