@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import inspect
 import json
 import os
 import struct
@@ -220,8 +221,6 @@ def quantized_copy(
 def _settings(quantize_in_place: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with every keyword default of ``quantize_in_place`` filled in, minus
     ``progress`` (it changes no result). An unknown option raises TypeError, as the call would."""
-    import inspect
-
     signature = inspect.signature(quantize_in_place)
     bound = signature.bind_partial(None, None, None, **options)
     bound.apply_defaults()
