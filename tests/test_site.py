@@ -293,6 +293,7 @@ def test_a_chapter_renders_its_title_and_a_loaded_figure(site, browser, capsys):
 
 def test_solutions_and_answers_are_collapsed_until_their_toggle_is_clicked(site, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     chapter = NOTEBOOKS[0]
     notebook = nbformat.read(chapter, as_version=4)
@@ -308,4 +309,11 @@ def test_solutions_and_answers_are_collapsed_until_their_toggle_is_clicked(site,
     summary = toggles[0].find_element(By.TAG_NAME, "summary")
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", summary)
     summary.click()
-    assert solution.is_displayed() and first_line.split("(")[0] in solution.text
+    details_open = browser.execute_script("return arguments[0].open", toggles[0])
+    assert details_open, "clicking the toggle did not open it"
+    # myst-nb fades the opened content in (0.3 s from opacity 0), and selenium counts an
+    # element at opacity 0 as not displayed: wait out the fade before looking.
+    WebDriverWait(browser, 5).until(
+        lambda _: solution.is_displayed(), "the opened solution never became visible"
+    )
+    assert first_line.split("(")[0] in solution.text
