@@ -520,7 +520,8 @@ def obs_step_(
 @dataclass(frozen=True)
 class LayerReport:
     """One linear layer of :func:`quantize_model_`: its output error (:func:`layer_error`,
-    on the calibration inputs it received) with round-to-nearest and with GPTQ, GPTQ's own
+    on the calibration inputs it received) with round-to-nearest and with GPTQ (both ``None``
+    when the run was told ``layer_errors=False``), GPTQ's own
     ``loss`` (damped Hessian), the seconds of the :func:`gptq_quantize` call that
     quantized it (layers fed the same input are quantized together, in one call), and
     ``stored_bytes``: :meth:`QuantizedWeight.nbytes` of the layer's own GPTQ result.
@@ -528,16 +529,18 @@ class LayerReport:
 
     name: str
     shape: tuple[int, int]
-    rtn_error: float
-    gptq_error: float
+    rtn_error: float | None
+    gptq_error: float | None
     loss: float
     seconds: float
     stored_bytes: float
 
     @property
     def ratio(self) -> float:
-        """GPTQ's error over RTN's (below 1: GPTQ did better)."""
-        return self.gptq_error / self.rtn_error if self.rtn_error else math.nan
+        """GPTQ's error over RTN's (below 1: GPTQ did better; NaN without the errors)."""
+        if self.rtn_error is None or self.gptq_error is None or not self.rtn_error:
+            return math.nan
+        return self.gptq_error / self.rtn_error
 
     def nbytes(self) -> float:
         """The bytes the layer's quantized weight stores (codes packed, scales, zeros, g_idx)."""
@@ -582,8 +585,15 @@ class GPTQReport:
         return _quantized.bits_per_weight(self.nbytes(), n_weights)
 
     def table(self, *, every: int = 1) -> str:
-        """A text table: layer, shape, RTN error, GPTQ error, ratio (every ``every``-th row)."""
+        """A text table: layer, shape, RTN error, GPTQ error, ratio (every ``every``-th row).
+
+        Needs the layer errors: a run with ``layer_errors=False`` has none to show."""
         every = check_int(every, "every", minimum=1)
+        if any(row.rtn_error is None for row in self.layers):
+            raise ValueError(
+                "report: this run was made with layer_errors=False, so it has no layer errors "
+                "to tabulate; quantize with layer_errors=True (the default)"
+            )
         lines = [f"{'layer':<34}{'in → out':>12}{'RTN error':>12}{'GPTQ error':>12}{'ratio':>7}"]
         for row in self.layers[::every]:
             shape = f"{row.shape[1]} → {row.shape[0]}"
@@ -637,6 +647,7 @@ def quantize_model_(
     block_size: int = DEFAULT_BLOCK_SIZE,
     percdamp: float = DEFAULT_PERCDAMP,
     batch_size: int = 8,
+    layer_errors: bool = True,
     progress: bool | None = None,
 ) -> tuple[nn.Module, GPTQReport]:
     """Quantize ``model``'s decoder linear layers with GPTQ, in place; return ``(model, report)``.
@@ -656,9 +667,12 @@ def quantize_model_(
     the quantized layer gives the next layer's inputs. The hooks and the forward passes run
     under ``torch.no_grad``. Layers are those of
     ``qlearn.models.linear_layers``; embeddings, norms and the LM head are kept. The report's
-    ``nbytes()`` counts what the quantized layers store. Arguments are checked before any
-    work; an error in a forward pass leaves the model partly quantized.
-    Taught in notebooks/05_gptq.ipynb.
+    ``nbytes()`` counts what the quantized layers store. ``layer_errors``: also round every
+    layer to nearest and give both output errors on the calibration inputs (the report's
+    ``rtn_error`` / ``gptq_error``, :meth:`GPTQReport.table`); False skips that comparison,
+    about 15 % of a run on the course's model, and changes nothing in the quantized weights.
+    Arguments are checked before any work; an error in a forward pass leaves the model partly
+    quantized. Taught in notebooks/05_gptq.ipynb.
     """
     started = time.perf_counter()
     check_module(model)
@@ -671,7 +685,12 @@ def quantize_model_(
                 f"group_size (layer {name})",
                 must_divide=False,
             )
-    for name, value in (("sym", sym), ("act_order", act_order), ("static_groups", static_groups)):
+    for name, value in (
+        ("sym", sym),
+        ("act_order", act_order),
+        ("static_groups", static_groups),
+        ("layer_errors", layer_errors),
+    ):
         check_bool(value, name)
     if static_groups and group_size is None:
         raise ValueError("static_groups: expected False without a group_size, got True")
@@ -719,8 +738,10 @@ def quantize_model_(
                         start += W.shape[0]
                         own = _rows(result, rows_of_W)  # this layer's part of the result
                         Q = own.weight
-                        rtn = rtn_quantize(W, bits=bits, group_size=group_size, sym=sym)
-                        rtn_error, gptq_error = _errors(W, (rtn.weight, Q), H)
+                        rtn_error = gptq_error = None
+                        if layer_errors:
+                            rtn = rtn_quantize(W, bits=bits, group_size=group_size, sym=sym)
+                            rtn_error, gptq_error = _errors(W, (rtn.weight, Q), H)
                         found[name] = LayerReport(
                             name=f"{prefix}.{index}.{name}",
                             shape=(W.shape[0], W.shape[1]),
@@ -751,6 +772,7 @@ def quantize_model_(
             "static_groups": static_groups,
             "block_size": block_size,
             "percdamp": percdamp,
+            "layer_errors": layer_errors,
         },
         seconds=time.perf_counter() - started,
         gptq_seconds=gptq_seconds,

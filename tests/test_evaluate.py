@@ -100,3 +100,17 @@ def test_default_model_perplexity_on_pride_and_prejudice(default_model):
     ref = reference_perplexity(model, tokenizer, text, 2048, 1024)
     assert ours == pytest.approx(ref, rel=1e-4)
     assert 10 < ours < 40  # a working 135M model on Austen, not a broken load (random: ~49k)
+
+
+@pytest.mark.parametrize("name", ["pride_and_prejudice", "emma"])
+@pytest.mark.parametrize("max_tokens", [2, 1000, 2048, 4096, 10**7])
+def test_token_windows_of_a_novel_are_its_whole_tokenization_cut(default_model, name, max_tokens):
+    """Tokenized from a prefix (much faster), the windows hold exactly the first tokens of the
+    whole text as the model's tokenizer cuts it; past the text's end, all of them."""
+    from qlearn.data import load_text
+
+    _, tokenizer = default_model
+    text = load_text(name)
+    whole = tokenizer(text, add_special_tokens=False).input_ids
+    windows = evaluate.token_windows(tokenizer, text, max_tokens=max_tokens, window=1024)
+    assert torch.cat(windows).tolist() == whole[:max_tokens]

@@ -1,6 +1,7 @@
 """Chapter 09's exercises (the capstone): right answers without qlearn (gguf-py's block sizes,
-plain loops), named as the exercises; WRONG ones with the diagnosis each must get (run by
-test_exercises_runner.py); the chapter's own cases."""
+plain loops), named as the exercises, but for the design task, whose check counts bytes only of
+qlearn's stored formats (its answer stores qlearn.gguf tensors); WRONG ones with the diagnosis
+each must get (run by test_exercises_runner.py); the chapter's own cases."""
 
 from __future__ import annotations
 
@@ -42,6 +43,26 @@ def pareto_front(results):
     return front
 
 
+def _gguf_design(qtype, recipe=None):
+    """A design that stores every decoder weight as GGUF ``qtype``, its values in rows of 256
+    (or as ``recipe`` types them, row by row)."""
+    from qlearn import gguf, models
+
+    def design(model, calibration):
+        if recipe is not None:
+            return gguf.quantize_tensors(model, recipe)
+        return {
+            name: gguf.quantize_tensor(
+                models.get_weight(layer).detach().float().numpy().reshape(-1, 256), qtype
+            )
+            for name, layer in models.linear_layers(model)
+        }
+
+    return design
+
+
+design = _gguf_design("Q4_K")  # Q4_K in rows of 256: no fallback for the rows of 576
+
 WRONG = {
     "bits_from_bytes": [
         (
@@ -58,5 +79,9 @@ WRONG = {
     "pareto_front": [
         lambda r: sorted(r, key=lambda k: r[k][0]),  # every method
         lambda r: [k for i, k in enumerate(r) if all(r[k][1] < r[j][1] for j in list(r)[:i])],
+    ],
+    "design": [
+        (_gguf_design(None, recipe="Q4_K_M"), "that is Q4_K_M's own size"),
+        _gguf_design("Q4_0"),  # 4.5 bits per weight, but far from Q4_K_M's perplexity
     ],
 }

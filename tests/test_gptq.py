@@ -570,6 +570,28 @@ def test_sequential_procedure_equals_whole_model_passes(tiny_model, char_tokeniz
     assert report.n_windows == 4 and report.n_tokens == 128
 
 
+def test_layer_errors_off_gives_the_same_weights_and_no_errors(tiny_llama, char_tokenizer):
+    """layer_errors=False skips the RTN comparison only: the quantized weights, losses and
+    bytes are those of the full run; the errors are None and the table refuses to print."""
+    windows = calibration_windows(char_tokenizer, TEXT * 4, n_samples=4, seqlen=32, seed=0)
+    full, full_report = quantize_model(tiny_llama, windows, bits=3, group_size=16, batch_size=4)
+    fast, fast_report = quantize_model(
+        tiny_llama, windows, bits=3, group_size=16, batch_size=4, layer_errors=False
+    )
+    for (name, a), (_, b) in zip(linear_layers(full), linear_layers(fast), strict=True):
+        assert torch.equal(get_weight(a), get_weight(b)), name
+    for a, b in zip(full_report.layers, fast_report.layers, strict=True):
+        assert (a.loss, a.stored_bytes) == (b.loss, b.stored_bytes)
+        assert a.rtn_error > 0 and a.gptq_error > 0
+        assert b.rtn_error is None and b.gptq_error is None and math.isnan(b.ratio)
+    assert fast_report.settings["layer_errors"] is False
+    full_report.table()
+    with pytest.raises(ValueError, match="layer_errors=False"):
+        fast_report.table()
+    with pytest.raises(TypeError, match="layer_errors"):
+        quantize_model(tiny_llama, windows, bits=3, layer_errors="no")
+
+
 def test_sequential_procedure_calibrates_on_quantized_outputs(tiny_llama, char_tokenizer):
     """With layer 0 quantized to 2 bits, layer 1's Hessian comes from its quantized outputs:
     calibrating layer 1 on full-precision inputs instead gives other weights."""

@@ -1,16 +1,22 @@
-"""Chapter 09's exercises: the capstone, every method in one table.
+"""Chapter 09's exercises: the capstone, every method in one table, and its design task.
 Taught in notebooks/09_capstone.ipynb."""
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import operator
 import random
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import torch
+from torch import nn
 
-from qlearn import gguf, nf4
+from qlearn import affine, awq, bitnet, evaluate, gguf, gptq, models, nf4
+from qlearn.data import calibration_windows, load_text
 from qlearn.exercises._compare import show
 from qlearn.exercises._runner import Case, Draw, Spec
 
@@ -149,6 +155,161 @@ def _compare_front(got: Any, expected: list[str], case: Case) -> str | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# The design task: beat Q4_K_M at 4.5 bits per weight, counted from the bytes
+# --------------------------------------------------------------------------------------------
+
+DESIGN_MAX_BITS: Final = 4.5
+"""The design task's budget: bits per decoder weight, from the bytes the stored tensors hold."""
+DESIGN_EVAL_TOKENS: Final = 2048  # the capstone's evaluation: its table's perplexities
+STORED_FORMATS: Final = (
+    gguf.GGUFTensor,
+    gptq.QuantizedWeight,
+    awq.GroupQuantized,
+    nf4.Quantized4bit,
+    affine.QuantizedTensor,
+    bitnet.BitNetQuantized,
+)
+"""The classes the design check counts bytes from: every stored weight of the course."""
+
+
+@dataclass(frozen=True)
+class DesignTarget:
+    """What a design must do: at most ``max_bits`` bits per weight and a perplexity below
+    Q4_K_M's (``q4_k_m_perplexity``, at ``q4_k_m_bits`` bits per weight)."""
+
+    max_bits: float
+    q4_k_m_bits: float
+    q4_k_m_perplexity: float
+
+    def __repr__(self) -> str:
+        return (
+            f"≤ {self.max_bits} bits per weight, perplexity < {self.q4_k_m_perplexity:.3f} "
+            f"(Q4_K_M's, at {self.q4_k_m_bits:.3f} bits)"
+        )
+
+
+@dataclass(frozen=True)
+class DesignResult:
+    """What a design measured: bits per decoder weight from its stored bytes, and perplexity
+    on the capstone's 2048 tokens of *Pride and Prejudice*."""
+
+    bits_per_weight: float
+    perplexity: float
+
+    def __repr__(self) -> str:
+        return f"{self.bits_per_weight:.4f} bits per weight, perplexity {self.perplexity:.3f}"
+
+
+@functools.cache
+def _course_model() -> tuple[nn.Module, Any]:
+    return models.load_model()
+
+
+def _design_inputs(draw: Draw) -> list[Case]:
+    """The course's model (SmolLM2-135M-Instruct, whose weights are a Q4_1 reconstruction) and
+    8 calibration windows of 128 tokens of *Emma*, drawn from the seed (the capstone's
+    calibration at seed 0); the perplexity is measured on the capstone's 2048 tokens of
+    *Pride and Prejudice*, which the calibration never sees."""
+    model, tokenizer = _course_model()
+    windows = calibration_windows(tokenizer, load_text("emma"), n_samples=8, seqlen=128,
+                                  seed=draw.seed)  # fmt: skip
+    shown = {
+        "model": "the course's model, SmolLM2-135M-Instruct (its weights a Q4_1 reconstruction)",
+        "calibration": f"8 windows of 128 tokens of Emma, seed {draw.seed}",
+    }
+    return [Case((model, windows), f"calibration seed {draw.seed}", shown=shown)]
+
+
+def _with_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+    """``model`` with its decoder linear weights set to ``weights``, in place."""
+    for name, layer in models.linear_layers(model):
+        original = models.get_weight(layer)
+        models.set_weight_(layer, weights[name].reshape(original.shape).to(original.dtype))
+    return model
+
+
+def _perplexity(model: nn.Module) -> float:
+    _, tokenizer = _course_model()
+    text = load_text("pride_and_prejudice")
+    return evaluate.perplexity(model, tokenizer, text, max_tokens=DESIGN_EVAL_TOKENS, cache=True)
+
+
+def _q4_k_m_target(model: nn.Module, calibration: torch.Tensor) -> DesignTarget:
+    """Q4_K_M (chapter 06's recipe) on the same model, measured as the capstone measures it."""
+    tensors = gguf.quantize_tensors(model, "Q4_K_M")
+    n_weights = sum(math.prod(t.shape) for t in tensors.values())
+    bits = 8 * sum(t.nbytes() for t in tensors.values()) / n_weights
+    stored = {name: t.dequantize() for name, t in tensors.items()}
+    return DesignTarget(
+        DESIGN_MAX_BITS, bits, _perplexity(_with_weights(copy.deepcopy(model), stored))
+    )
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return "norm" in type(module).__name__.lower()
+
+
+def _unchanged_outside(model: nn.Module, original: nn.Module) -> str | None:
+    """What the design changed besides decoder linear weights and norms (AWQ folds its scales
+    into the norms), or None."""
+    linear = {id(models.get_weight(layer)) for _, layer in models.linear_layers(model)}
+    norms = {id(p) for m in model.modules() if _is_norm(m) for p in m.parameters(recurse=False)}
+    ours, theirs = dict(model.named_parameters()), dict(original.named_parameters())
+    if ours.keys() != theirs.keys() or [type(m) for m in model.modules()] != [
+        type(m) for m in original.modules()
+    ]:
+        return "the model's modules were replaced: return stored weights, keep the model's layers"
+    for name, value in ours.items():
+        if id(value) in linear or id(value) in norms:
+            continue
+        if value.shape != theirs[name].shape or not torch.equal(value, theirs[name]):
+            return f"{name} changed: only decoder linear weights (and norms) are the design's"
+    return None
+
+
+def _measure_design(answer: Any, model: nn.Module, calibration: torch.Tensor) -> Any:
+    """Run the design on a copy of the model; return its DesignResult, or what is wrong."""
+    ours = copy.deepcopy(model)
+    stored = answer(ours, calibration.clone())
+    names = [name for name, _ in models.linear_layers(model)]
+    if not isinstance(stored, Mapping):
+        return f"expected a dict {{layer name: stored weight}}, got {show(stored)}"
+    missing = [n for n in names if n not in stored]
+    extra = [k for k in stored if k not in names]
+    if missing or extra:
+        first = missing[0] if missing else extra[0]
+        return (
+            f"the keys must be the {len(names)} names of models.linear_layers(model): "
+            f"{len(missing)} missing, {len(extra)} not among them (first: {first!r})"
+        )
+    weights, nbytes, n_weights = {}, 0.0, 0
+    for name, layer in models.linear_layers(model):
+        value, size = stored[name], models.get_weight(layer).numel()
+        if not isinstance(value, STORED_FORMATS):
+            kinds = ", ".join(k.__name__ for k in STORED_FORMATS)
+            return f"{name}: a {type(value).__name__}; the check counts bytes only of {kinds}"
+        weights[name] = value.dequantize().detach().float()
+        if weights[name].numel() != size or not torch.isfinite(weights[name]).all():
+            return f"{name}: its values are not {size} finite numbers"
+        nbytes, n_weights = nbytes + float(value.nbytes()), n_weights + size
+    if problem := _unchanged_outside(ours, model):
+        return problem
+    return DesignResult(8 * nbytes / n_weights, _perplexity(_with_weights(ours, weights)))
+
+
+def _compare_design(got: Any, expected: DesignTarget, case: Case) -> str | None:
+    if isinstance(got, str):
+        return got
+    if got.bits_per_weight > expected.max_bits:
+        return f"{got.bits_per_weight:.4f} bits per weight: over the budget of {expected.max_bits}"
+    if got.perplexity >= expected.q4_k_m_perplexity:
+        return (
+            f"perplexity {got.perplexity:.3f}: not below Q4_K_M's {expected.q4_k_m_perplexity:.3f}"
+        )
+    return None
+
+
 SPECS = [
     Spec(
         signature="bits_from_bytes(w, fmt)",
@@ -207,5 +368,34 @@ SPECS = [
         hint="""sort the labels by (bits, perplexity); walk through them and keep a label when its
         perplexity is lower than every one kept so far.""",
         passed="finds the Pareto front of {n} tables",
+    ),
+    Spec(
+        signature="design(model, calibration)",
+        title="Design task: beat Q4_K_M in 4.5 bits per weight",
+        doc="""→ ``{layer name: stored weight}`` for every decoder linear layer of ``model`` (the
+        names of ``qlearn.models.linear_layers``), each stored by a method of the course: a
+        ``GGUFTensor``, ``gptq.QuantizedWeight``, ``awq.GroupQuantized``, ``nf4.Quantized4bit``,
+        ``affine.QuantizedTensor`` or ``bitnet.BitNetQuantized``, holding as many values as the
+        layer's weight (read row by row). ``calibration``: [8, 128] tokens of *Emma* for methods
+        that calibrate. The design may change ``model``'s norms (AWQ folds into them), nothing
+        else. Reference: the check counts 8 · Σ ``nbytes()`` over the decoder's weights, puts
+        the stored values into the model and measures its perplexity on the capstone's 2048
+        tokens of *Pride and Prejudice*; it must take at most 4.5 bits per weight and beat
+        Q4_K_M (``gguf.quantize_tensors(model, "Q4_K_M")``, measured the same way).""",
+        inputs=_design_inputs,
+        reference=_q4_k_m_target,
+        compare=_compare_design,
+        call=_measure_design,
+        mistakes=[
+            (
+                lambda got, expected, case: abs(got.bits_per_weight - expected.q4_k_m_bits) < 1e-9,
+                "that is Q4_K_M's own size: its fallback types for rows of 576 cost the extra bit",
+            ),
+        ],
+        hint="""look at where Q4_K_M's bits go (section 6 prints each type's share): most of its
+        weights are not in a k-quant at all. Which rule puts them elsewhere, and could the same
+        bytes be laid out so that it does not apply? Section 9's front shows what each bit buys.""",
+        passed="stores the decoder in at most 4.5 bits per weight and beats Q4_K_M's perplexity",
+        points=3,
     ),
 ]
