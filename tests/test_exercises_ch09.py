@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 
@@ -43,14 +44,11 @@ def pareto_front(results):
     return front
 
 
-def _gguf_design(qtype, recipe=None):
-    """A design that stores every decoder weight as GGUF ``qtype``, its values in rows of 256
-    (or as ``recipe`` types them, row by row)."""
+def _in_rows_of_256(qtype):
+    """A design that stores every decoder weight as GGUF ``qtype``, its values in rows of 256."""
     from qlearn import gguf, models
 
     def design(model, calibration):
-        if recipe is not None:
-            return gguf.quantize_tensors(model, recipe)
         return {
             name: gguf.quantize_tensor(
                 models.get_weight(layer).detach().float().numpy().reshape(-1, 256), qtype
@@ -61,7 +59,13 @@ def _gguf_design(qtype, recipe=None):
     return design
 
 
-design = _gguf_design("Q4_K")  # Q4_K in rows of 256: no fallback for the rows of 576
+def _q4_k_m(model, calibration):
+    from qlearn import gguf
+
+    return gguf.quantize_tensors(model, "Q4_K_M")
+
+
+design = _in_rows_of_256("Q4_K")  # Q4_K in rows of 256: no fallback for the rows of 576
 
 WRONG = {
     "bits_from_bytes": [
@@ -81,7 +85,20 @@ WRONG = {
         lambda r: [k for i, k in enumerate(r) if all(r[k][1] < r[j][1] for j in list(r)[:i])],
     ],
     "design": [
-        (_gguf_design(None, recipe="Q4_K_M"), "that is Q4_K_M's own size"),
-        _gguf_design("Q4_0"),  # 4.5 bits per weight, but far from Q4_K_M's perplexity
+        (_q4_k_m, "that is Q4_K_M's own size"),
+        _in_rows_of_256("Q4_0"),  # 4.5 bits per weight, but far from Q4_K_M's perplexity
     ],
 }
+
+
+def test_measure_design_gives_what_the_check_measured_and_refuses_what_it_refuses():
+    from qlearn import exercises
+
+    result = exercises.measure_design(design)
+    assert isinstance(result, exercises.DesignResult)
+    assert result.bits_per_weight == 4.5 and math.isfinite(result.perplexity)
+    assert exercises.measure_design(_q4_k_m).bits_per_weight > 5
+    with pytest.raises(ValueError, match="design: the keys must be"):
+        exercises.measure_design(lambda model, calibration: {})
+    with pytest.raises(TypeError, match="design: expected a function"):
+        exercises.measure_design("Q4_K")

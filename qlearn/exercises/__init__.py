@@ -8,6 +8,8 @@ with ✓ or raises :class:`ExerciseFailed` with the input, what was expected and
 a lab stub that raises ``NotImplementedError`` is "not implemented yet". Each exercise is a
 :class:`Spec` in its chapter's module (``ch01_floats`` … ``ch09_capstone``, list ``SPECS``), the
 chapter from the module's name, the number from its place; :data:`EXERCISES` lists them all.
+The capstone's design task is measured, not compared: :func:`measure_design` runs a design as
+``check_design`` does and returns its :class:`DesignResult` (bits per weight, perplexity).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Final
 
 from qlearn._checks import check_int
 from qlearn.exercises._runner import Case, Draw, Exercise, ExerciseFailed, Spec, collect
+from qlearn.exercises.ch09_capstone import DesignResult, measure_design
 
 EXERCISES: Final[dict[str, Exercise]] = collect(__name__, __path__)
 """Every exercise by the name of its check (``check_<key>``), in course order."""
@@ -25,11 +28,13 @@ globals().update({e.check.__name__: e.check for e in EXERCISES.values()})
 __all__ = [  # the checks last, in course order
     "EXERCISES",
     "Case",
+    "DesignResult",
     "Draw",
     "Exercise",
     "ExerciseFailed",
     "Spec",
     "exercises_of",
+    "measure_design",
     *(e.check.__name__ for e in EXERCISES.values()),
 ]
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from qlearn import affine, awq, bitnet, evaluate, gguf, gptq, models, nf4
+from qlearn._checks import check_int
 from qlearn.data import calibration_windows, load_text
 from qlearn.exercises._compare import show
 from qlearn.exercises._runner import Case, Draw, Spec
@@ -212,8 +213,8 @@ def _design_inputs(draw: Draw) -> list[Case]:
     calibration at seed 0); the perplexity is measured on the capstone's 2048 tokens of
     *Pride and Prejudice*, which the calibration never sees."""
     model, tokenizer = _course_model()
-    windows = calibration_windows(tokenizer, load_text("emma"), n_samples=8, seqlen=128,
-                                  seed=draw.seed)  # fmt: skip
+    emma = load_text("emma")
+    windows = calibration_windows(tokenizer, emma, n_samples=8, seqlen=128, seed=draw.seed)
     shown = {
         "model": "the course's model, SmolLM2-135M-Instruct (its weights a Q4_1 reconstruction)",
         "calibration": f"8 windows of 128 tokens of Emma, seed {draw.seed}",
@@ -296,6 +297,20 @@ def _measure_design(answer: Any, model: nn.Module, calibration: torch.Tensor) ->
     if problem := _unchanged_outside(ours, model):
         return problem
     return DesignResult(8 * nbytes / n_weights, _perplexity(_with_weights(ours, weights)))
+
+
+def measure_design(design: Any, *, seed: int = 0) -> DesignResult:
+    """Run ``design(model, calibration)`` exactly as :func:`check_design` does and return what
+    it measured: bits per weight from the stored bytes and the perplexity. Raises ValueError
+    saying what is wrong with a design the check would refuse. ``seed`` draws the calibration
+    windows. Taught in notebooks/09_capstone.ipynb (the answer to the design task)."""
+    if not callable(design):
+        raise TypeError(f"design: expected a function, got {show(design)}")
+    (case,) = _design_inputs(Draw(check_int(seed, "seed", minimum=0)))
+    result = _measure_design(design, *case.args)
+    if isinstance(result, str):
+        raise ValueError(f"design: {result}")
+    return result
 
 
 def _compare_design(got: Any, expected: DesignTarget, case: Case) -> str | None:
