@@ -38,6 +38,25 @@ def round_to_bf16(x):
     return torch.from_numpy(x.numpy().astype(ml_dtypes.bfloat16).astype(np.float32))
 
 
+_ML_DTYPES = {
+    "fp16": np.float16,
+    "bf16": ml_dtypes.bfloat16,
+    "fp8_e4m3": ml_dtypes.float8_e4m3fn,
+    "fp8_e5m2": ml_dtypes.float8_e5m2,
+}
+
+
+def flushed_to_zero(w, fmt):
+    a = w.numpy()
+    back = a.astype(_ML_DTYPES[fmt]).astype(np.float32)
+    return np.count_nonzero((back == 0) & (a != 0)) / np.count_nonzero(a)
+
+
+def flushed_after_an_absmax_scale(w, fmt):
+    scale = float(w.abs().max()) / (448.0 if fmt == "fp8_e4m3" else 57344.0)
+    return flushed_to_zero(w / scale, fmt) if fmt.startswith("fp8") else flushed_to_zero(w, fmt)
+
+
 WRONG = {
     "memory_gb": [lambda n, b: n * b / 8 / 2**30],  # GiB, not GB
     "decode_fp16": [  # no subnormals: the implicit 1 everywhere
@@ -52,6 +71,15 @@ WRONG = {
     "round_to_bf16": [
         lambda x: (x.view(torch.int32) & ~0xFFFF).view(torch.float32),  # truncation
         lambda x: ((x.view(torch.int32) + 0x8000) & ~0xFFFF).view(torch.float32),  # half up
+    ],
+    "flushed_to_zero": [
+        flushed_after_an_absmax_scale,  # section 6's scaled cast: FP8 flushes far fewer
+        (
+            lambda w, fmt: float(
+                (w.numpy().astype(_ML_DTYPES[fmt]).astype(np.float32) != w.numpy()).mean()
+            ),
+            "count only those that became 0",
+        ),
     ],
 }
 

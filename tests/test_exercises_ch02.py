@@ -42,6 +42,22 @@ def group_absmax(w, bits, group_size):
     return torch.tensor(out)
 
 
+def _absmax_relative_errors(weights, bits, per_row=False):
+    errors = {}
+    for name, w in weights.items():
+        a, b = w.numpy().astype(np.float64), w.numpy()
+        absmax = np.abs(b).max(axis=1, keepdims=True) if per_row else np.abs(b).max()
+        scale = (absmax / np.float32(2 ** (bits - 1) - 1)).astype(np.float32)
+        back = (np.round(b / scale) * scale).astype(np.float64)
+        errors[name] = np.linalg.norm(a - back) / np.linalg.norm(a)
+    return errors
+
+
+def worst_layer(weights, bits):
+    errors = _absmax_relative_errors(weights, bits)
+    return max(errors, key=errors.get)
+
+
 WRONG = {
     "dequantize": [lambda codes, scale, zp: (codes - zp) * scale],  # int8 wraps around
     "absmax_codes": [lambda x, bits: torch.round(x / (x.abs().max() / (2**bits - 1)))],
@@ -57,6 +73,17 @@ WRONG = {
             torch.round(w / (w.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)))
             * (w.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1))
         )
+    ],
+    "worst_layer": [
+        lambda weights, bits: min(  # the best-served layer
+            (e := _absmax_relative_errors(weights, bits)), key=e.get
+        ),
+        (
+            lambda weights, bits: max(
+                (e := _absmax_relative_errors(weights, bits, per_row=True)), key=e.get
+            ),
+            "one scale serves all",
+        ),
     ],
 }
 

@@ -44,6 +44,17 @@ class LastBatchOnly(RangeObserver):
         self.batches = [x.numpy().ravel()]
 
 
+def channel_gain(w, bits):
+    a = w.numpy()
+    qmax = np.float32(2 ** (bits - 1) - 1)
+
+    def mse(scale):
+        back = np.round(a / scale) * scale
+        return np.mean((back.astype(np.float64) - a) ** 2)
+
+    return mse(np.abs(a).max() / qmax) / mse(np.abs(a).max(axis=1, keepdims=True) / qmax)
+
+
 WRONG = {
     "bits_per_weight": [lambda bits, g, zp: bits + 16 / g],  # forgets the zero point
     "clipped_absmax": [  # the scale from max|x|: clipping never happens
@@ -54,6 +65,10 @@ WRONG = {
     ],
     "range_observer": [LastBatchOnly],
     "best_clip": [(lambda x, bits, candidates: candidates[-1], "does not clip at all")],
+    "channel_gain": [
+        (lambda w, bits: 1 / channel_gain(w, bits), "upside down"),
+        (lambda w, bits: channel_gain(w.T, bits), "one scale per column"),
+    ],
 }
 
 

@@ -41,6 +41,15 @@ def llm_int8_matmul(X, W, threshold):
     return torch.from_numpy(result)
 
 
+def systematic_outliers(inputs, threshold, token_share=0.06, layer_share=0.25):
+    layers, tokens = 0, False
+    for X in inputs.values():
+        share = (np.abs(X.numpy()) >= threshold).mean(axis=0)  # of the tokens, per dimension
+        layers = layers + (share > 0)
+        tokens = tokens | (share >= token_share)
+    return [int(d) for d in np.flatnonzero((layers >= layer_share * len(inputs)) & tokens)]
+
+
 IN_FLOAT = "the int8 rounding is missing"
 WRONG = {
     "outlier_columns": [  # > instead of >=
@@ -53,5 +62,12 @@ WRONG = {
     "llm_int8_matmul": [
         lambda X, W, t: int8_matmul(X, W),  # no outlier path
         (lambda X, W, t: X @ W.T, IN_FLOAT),
+    ],
+    "systematic_outliers": [
+        (lambda inputs, t: systematic_outliers(inputs, t, 0.0), "the token condition is missing"),
+        (
+            lambda inputs, t: systematic_outliers(inputs, t, layer_share=0.0),
+            "the layer condition is missing",
+        ),
     ],
 }

@@ -81,6 +81,42 @@ def gptq_step_rtn(W, Hinv, s, z, bits):  # round-to-nearest: nothing moves
     return torch.cat([column, W[:, 1:]], 1)
 
 
+def _grid(W, bits):  # each row's min/max grid: scale and zero, [rows, 1]
+    lo, hi = np.minimum(W.min(axis=1), 0.0), np.maximum(W.max(axis=1), 0.0)
+    scale = ((hi - lo) / (2**bits - 1))[:, None]
+    return scale, np.round(-lo[:, None] / scale)
+
+
+def _on_grid(w, scale, zero, bits):
+    return scale * (np.clip(np.round(w / scale) + zero, 0, 2**bits - 1) - zero)
+
+
+def _gptq_all_rows(W, H, bits):  # every row at once; H⁻¹ shrinks by eq. 3 after each column
+    W = W.copy()
+    scale, zero = _grid(W, bits)
+    Hinv, Q = np.linalg.inv(H), np.empty_like(W)
+    for j in range(W.shape[1]):
+        Q[:, j] = _on_grid(W[:, j : j + 1], scale, zero, bits)[:, 0]
+        W[:, j + 1 :] -= np.outer((W[:, j] - Q[:, j]) / Hinv[0, 0], Hinv[0, 1:])
+        Hinv = Hinv[1:, 1:] - np.outer(Hinv[1:, 0], Hinv[0, 1:]) / Hinv[0, 0]
+    return Q
+
+
+def gptq_gain(W, X, bits, upside_down=False):
+    a = X.numpy().astype(np.float64)
+    H = 2 * a.T @ a / a.shape[0]
+    w = W.numpy().astype(np.float64)
+    damped = H + 0.01 * np.mean(np.diag(H)) * np.eye(len(H))
+    scale, zero = _grid(w, bits)
+
+    def error(w_hat):
+        d = w - w_hat
+        return 0.5 * np.sum((d @ H) * d)
+
+    gain = error(_on_grid(w, scale, zero, bits)) / error(_gptq_all_rows(w, damped, bits))
+    return 1 / gain if upside_down else gain
+
+
 WRONG = {
     "layer_hessian": [  # no factor 2
         (
@@ -99,5 +135,9 @@ WRONG = {
     "gptq_layer": [
         (lambda W, H, bits: gptq_rtn(W, bits), "this is round-to-nearest"),
         lambda W, H, bits: gptq_without_elimination(W, H, bits),
+    ],
+    "gptq_gain": [
+        (partial(gptq_gain, upside_down=True), "upside down"),
+        lambda W, X, bits: gptq_gain(W, X, bits + 1),  # one bit more than asked
     ],
 }

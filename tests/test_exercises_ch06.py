@@ -9,6 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType
 from gguf import quants as gguf_quants
 
+from qlearn import gguf
 from qlearn.exercises import EXERCISES, ExerciseFailed
 
 
@@ -41,6 +42,19 @@ def _neighbour_nibbles(raw, start):  # codes 2j, 2j + 1 in one byte
     return np.concatenate([raw[:start], (codes[0::2] | (codes[1::2] << 4)).astype(np.uint8)])
 
 
+def _rmse_by_type(w):  # qlearn's k-quant bytes (llama.cpp's, tests/test_gguf.py), gguf-py's values
+    a, errors = w.numpy(), {}
+    for qtype in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"):
+        raw = gguf.quantize(a, qtype)
+        back = gguf_quants.dequantize(raw, GGMLQuantizationType[qtype])
+        errors[qtype] = float(np.sqrt(np.mean((back.astype(np.float64) - a) ** 2)))
+    return errors
+
+
+def smallest_type(w, max_rmse):
+    return next((t for t, e in _rmse_by_type(w).items() if e <= max_rmse), None)
+
+
 NEIGHBOURS = "GGUF puts codes j and j + 16 there"
 WRONG = {
     "dequantize_q8_0": [  # the codes read as unsigned
@@ -55,6 +69,13 @@ WRONG = {
     ],
     "quantize_q4_0": [(lambda x: _neighbour_nibbles(quantize_q4_0(x), 2), NEIGHBOURS)],
     "quantize_q4_1": [(lambda x: _neighbour_nibbles(quantize_q4_1(x), 4), NEIGHBOURS)],
+    "smallest_type": [
+        (
+            lambda w, m: next((t for t, e in reversed(_rmse_by_type(w).items()) if e <= m), None),
+            "the question is the smallest",
+        ),
+        lambda w, m: next((t for t, e in _rmse_by_type(w).items() if e < m / 2), None),
+    ],
 }
 
 

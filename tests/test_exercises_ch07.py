@@ -4,6 +4,8 @@ get (run by test_exercises_runner.py); the chapter's own cases."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -53,6 +55,13 @@ def pack_trits_powers_of_4(codes):  # digits weighted by 4**k, not 3**k
     return sum(digits.reshape(5, m)[k] * 4**k for k in range(5))
 
 
+def ternary_stats(w, gamma_of=np.mean):
+    a = w.numpy().astype(np.float64)
+    gamma = gamma_of(np.abs(w.numpy()))
+    codes = np.clip(np.round(w.numpy() / gamma), -1, 1)
+    return float(np.mean(codes == 0)), float(np.linalg.norm(a - gamma * codes) / np.linalg.norm(a))
+
+
 WRONG = {
     "fake_quantize_ste": [
         (
@@ -76,5 +85,9 @@ WRONG = {
     "ternary_matmul": [
         (lambda x, w: x.long() @ w.abs().long().T, "added, not subtracted"),
         (lambda x, w: (x.long() @ w.long().T).to(torch.int8), "int8 sums overflow"),
+    ],
+    "ternary_stats": [
+        (partial(ternary_stats, gamma_of=np.max), "scales by mean|W|"),
+        lambda w: ternary_stats(w)[::-1],  # the two numbers swapped
     ],
 }

@@ -5,6 +5,7 @@ test_exercises_runner.py); the chapter's own cases."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
@@ -63,6 +64,31 @@ def best_alpha_by_weight_error(W, X, alphas, bits, group_size):
     return alphas[int(np.argmin(errors))]
 
 
+def _rtn_groups(W, bits=4, group_size=128):  # min/max per group (the last one shorter)
+    out = np.empty(W.shape, dtype=np.float32)
+    for start in range(0, W.shape[1], group_size):
+        w = W.numpy()[:, start : start + group_size]
+        hi, lo = w.max(axis=1, keepdims=True), w.min(axis=1, keepdims=True)
+        scale = np.maximum(hi - lo, np.float32(1e-5)) / np.float32(2**bits - 1)
+        zero = np.clip(-np.round(lo / scale), 0, 2**bits - 1)
+        q = np.clip(np.round(w / scale) + zero, 0, 2**bits - 1)
+        out[:, start : start + group_size] = (q - zero) * scale
+    return out
+
+
+def salient_errors(W, X, keep, by=lambda W, X: np.abs(X).mean(axis=0)):
+    w, x = W.numpy(), X.numpy()
+    rtn = _rtn_groups(W)
+    kept = rtn.copy()
+    salient = np.argsort(-by(w, x))[:keep]
+    kept[:, salient] = w[:, salient]
+
+    def mse(w_hat):
+        return float(np.mean((x.astype(np.float64) @ (w - w_hat).astype(np.float64).T) ** 2))
+
+    return mse(rtn), mse(kept)
+
+
 WRONG = {
     "nf4_codes": [(lambda x: torch.round((x / x.abs().max() + 1) * 7.5), "a uniform grid")],
     "nf4_bits_per_weight": [  # QLoRA's rounded formula: no offset, no partial block of 256
@@ -76,4 +102,11 @@ WRONG = {
         lambda x_mean, a: x_mean.pow(a).clamp(min=1e-4),  # not normalised
     ],
     "best_alpha": [best_alpha_by_weight_error],
+    "salient_errors": [
+        (
+            partial(salient_errors, by=lambda w, x: np.abs(w).mean(axis=0)),
+            "chosen by the weights' size",
+        ),
+        partial(salient_errors, by=lambda w, x: -np.abs(x).mean(axis=0)),  # the least salient
+    ],
 }

@@ -1,6 +1,6 @@
 """Checks for the chapters' exercises: the learner's answer against qlearn's, on fresh inputs.
 
-Every chapter ends with 3–5 exercises (a prompt, a cell tagged ``solution``, a cell calling the
+Every chapter ends with 4–5 exercises (a prompt, a cell tagged ``solution``, a cell calling the
 check: notebooks/01_float_formats.ipynb to notebooks/09_capstone.ipynb). ``check_<name>(answer)``
 runs the answer on inputs drawn from generators seeded by ``seed`` (the stored notebooks hold
 its output), compares every result with qlearn's implementation, and prints one line starting

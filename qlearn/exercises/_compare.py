@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Final
 
 import numpy as np
@@ -135,6 +136,14 @@ def codes_then(
         return compare_fields(got, expected, labels, [*enumerate(checks, 1), (0, codes)])
 
     return compare
+
+
+def compare_numbers(
+    labels: tuple[str, ...], *, rel: float
+) -> Callable[[Any, tuple, Any], str | None]:
+    """A compare of a tuple of ``len(labels)`` numbers, each within ``rel`` relative."""
+    checks = [(i, partial(compare_number, rel=rel)) for i in range(len(labels))]
+    return lambda got, expected, case: compare_fields(got, expected, labels, checks)
 
 
 def compare_choice(

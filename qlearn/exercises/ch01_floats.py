@@ -7,8 +7,11 @@ import math
 import torch
 
 from qlearn import floats
+from qlearn.exercises import _course
 from qlearn.exercises._compare import compare_fields, compare_number, compare_tensor
 from qlearn.exercises._runner import Case, Draw, Spec, settings
+
+_CAST_FORMATS = ("fp16", "bf16", "fp8_e4m3", "fp8_e5m2")
 
 
 def _fp16_codes(draw: Draw) -> list[Case]:
@@ -39,6 +42,29 @@ def _float32_patterns(draw: Draw) -> list[Case]:
         x = torch.tensor(patterns, dtype=torch.int64).to(torch.int32).view(torch.float32)
         cases.append(Case((x,), note))
     return cases
+
+
+def _real_weights(draw: Draw) -> list[Case]:
+    """Two decoder weights of the course's model (SmolLM2-135M-Instruct, whose weights are a
+    Q4_1 reconstruction), drawn by the seed, each in FP16, BF16, FP8 E4M3 and FP8 E5M2."""
+    cases = []
+    for name in _course.drawn_names(draw, 2):
+        w = _course.weight(name)
+        shown = {"w": _course.shown_weight(name, w)}
+        cases += [Case((w, fmt), f"{name}, {fmt}", shown=shown) for fmt in _CAST_FORMATS]
+    return cases
+
+
+def _flushed(w: torch.Tensor, fmt: str) -> float:
+    nonzero = w != 0
+    back = floats.round_to_format(w, fmt)
+    return int(((back == 0) & nonzero).sum()) / int(nonzero.sum())
+
+
+def _changed(got: object, expected: float, case: Case) -> bool:
+    w, fmt = case.args
+    share = int((floats.round_to_format(w, fmt) != w).sum()) / w.numel()
+    return abs(float(got) - share) <= 1e-6 * share
 
 
 SPECS = [
@@ -110,5 +136,27 @@ SPECS = [
         kept bit ((bits >> 16) & 1), then clear the low 16 bits (& ~0xFFFF).""",
         passed="""agrees with qlearn.floats.round_to_format bit for bit (ties to even, subnormals,
         overflow to inf)""",
+    ),
+    Spec(
+        signature="flushed_to_zero(w, fmt)",
+        title="Which weights a format flushes to zero",
+        doc="""→ the share of the nonzero values of ``w`` that become 0 when cast to ``fmt``
+        ("fp16", "bf16", "fp8_e4m3" or "fp8_e5m2") as they are, without a scale: the ones
+        below half the format's smallest subnormal. Reference: ``qlearn.floats.round_to_format(w,
+        fmt)`` counted (IEEE 754-2019 §4.3.1; Micikevicius et al. 2022 for FP8), within 10⁻⁶
+        relative.""",
+        inputs=_real_weights,
+        reference=_flushed,
+        compare=lambda got, expected, case: compare_number(got, expected, rel=1e-6),
+        mistakes=[
+            (
+                _changed,
+                "that is the share of weights the cast changed; count only those that became 0",
+            )
+        ],
+        hint="""back = floats.round_to_format(w, fmt) (or w.to(torch.float8_e4m3fn).float() and
+        the like); count where back == 0 while w != 0, and divide by the number of w != 0.""",
+        passed="""agrees with qlearn.floats.round_to_format on {n} casts of the course model's
+        weights""",
     ),
 ]

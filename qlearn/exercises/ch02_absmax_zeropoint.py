@@ -9,7 +9,14 @@ from typing import Any
 import torch
 
 from qlearn import affine
-from qlearn.exercises._compare import codes_then, compare_codes, compare_number, compare_tensor
+from qlearn.exercises import _course
+from qlearn.exercises._compare import (
+    codes_then,
+    compare_codes,
+    compare_number,
+    compare_tensor,
+    show,
+)
 from qlearn.exercises._runner import Case, Draw, Spec, tensors
 
 _number = partial(compare_number, rel=1e-6)
@@ -52,6 +59,49 @@ def _compare_groups(got: Any, expected: torch.Tensor, case: Case) -> str | None:
     step = (groups.abs().amax(dim=-1, keepdim=True) / (2 ** (bits - 1) - 1)).expand_as(groups)
     step = step.reshape(w.shape)
     return compare_tensor(got, expected, rtol=1e-6, ties=(w / step, step))
+
+
+def _real_layers(draw: Draw) -> list[Case]:
+    """Eight decoder weights of the course's model (SmolLM2-135M-Instruct, whose weights are a
+    Q4_1 reconstruction) drawn by the seed, at 8 bits; eight others at 4 bits."""
+    cases = []
+    for bits in (8, 4):
+        names = _course.drawn_names(draw, 8)
+        weights = {name: _course.weight(name) for name in names}
+        shown = {"weights": f"{{name: weight}} of {len(names)} layers: {', '.join(names)}"}
+        cases.append(Case((weights, bits), f"{bits}-bit", shown=shown))
+    return cases
+
+
+def _relative_error(w: torch.Tensor, bits: int) -> float:
+    """‖W − Ŵ‖ / ‖W‖ of per-tensor absmax at ``bits``, in float64."""
+    w_hat = affine.fake_quantize(w, "absmax", bits=bits)
+    return float((w.double() - w_hat.double()).norm() / w.double().norm())
+
+
+def _worst_layer(weights: dict[str, torch.Tensor], bits: int) -> str:
+    return max(weights, key=lambda name: _relative_error(weights[name], bits))
+
+
+def _compare_worst(got: Any, expected: str, case: Case) -> str | None:
+    weights, bits = case.args
+    if not isinstance(got, str) or got not in weights:
+        return f"expected one of the names in weights, got {show(got)}"
+    if got == expected:
+        return None
+    ours, theirs = _relative_error(weights[got], bits), _relative_error(weights[expected], bits)
+    if ours >= theirs * (1 - 1e-6):
+        return None
+    return f"{got!r} has relative error {ours:.4g}; {expected!r} has {theirs:.4g}"
+
+
+def _one_scale_per_row(got: Any, expected: str, case: Case) -> bool:
+    weights, bits = case.args
+    per_row = {
+        n: float((w - affine.fake_quantize(w, "absmax", bits=bits, axis=0)).norm() / w.norm())
+        for n, w in weights.items()
+    }
+    return got == max(per_row, key=per_row.__getitem__)
 
 
 SPECS = [
@@ -130,5 +180,28 @@ SPECS = [
         hint="""view w as [rows, columns // group_size, group_size], take the absmax over the last
         dimension (keepdim=True), quantize and dequantize, then reshape back.""",
         passed="agrees with qlearn.affine.fake_quantize on {n} weights",
+    ),
+    Spec(
+        signature="worst_layer(weights, bits)",
+        title="The layer one scale serves worst",
+        doc="""→ the name of the layer of ``weights`` ({name: weight}) whose weight loses most
+        under per-tensor absmax at ``bits``: the largest relative error ‖W − Ŵ‖ / ‖W‖, Ŵ the
+        weight quantized with one scale max|W| / (2^(b−1) − 1) and dequantized. Reference:
+        ``qlearn.affine.fake_quantize(W, "absmax", bits=bits)`` for each layer (Dettmers et al.
+        2022, §2); any layer within 10⁻⁶ relative of the largest error is right.""",
+        inputs=_real_layers,
+        reference=_worst_layer,
+        compare=_compare_worst,
+        mistakes=[
+            (
+                _one_scale_per_row,
+                "that is the worst layer with one scale per row; per tensor, one scale serves all",
+            )
+        ],
+        hint="""for each name: w_hat = torch.round(w / scale) * scale with scale = w.abs().max() /
+        (2**(bits - 1) - 1); error = (w - w_hat).norm() / w.norm(); return the name with the
+        largest error (max(weights, key=...)).""",
+        passed="""finds the layer per-tensor absmax serves worst in {n} sets of the course model's
+        layers""",
     ),
 ]

@@ -9,7 +9,14 @@ from typing import Any
 import torch
 
 from qlearn import affine, calibration
-from qlearn.exercises._compare import compare_choice, compare_fields, compare_tensor, sample
+from qlearn.exercises import _course
+from qlearn.exercises._compare import (
+    compare_choice,
+    compare_fields,
+    compare_number,
+    compare_tensor,
+    sample,
+)
 from qlearn.exercises._runner import Case, Draw, Spec, settings
 
 
@@ -69,6 +76,27 @@ def _clip_errors(x: torch.Tensor, bits: int, candidates: Sequence[float]) -> lis
 def _best_clip(x: torch.Tensor, bits: int, candidates: Sequence[float]) -> float:
     errors = _clip_errors(x, bits, candidates)
     return candidates[min(range(len(errors)), key=errors.__getitem__)]
+
+
+def _real_layers(draw: Draw) -> list[Case]:
+    """Three decoder weights of the course's model (SmolLM2-135M-Instruct, whose weights are a
+    Q4_1 reconstruction) drawn by the seed, each at 8 and at 4 bits."""
+    cases = []
+    for name in _course.drawn_names(draw, 3):
+        w = _course.weight(name)
+        shown = {"w": _course.shown_weight(name, w)}
+        cases += [Case((w, bits), f"{name}, {bits}-bit", shown=shown) for bits in (8, 4)]
+    return cases
+
+
+def _mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
+    return float((w.double() - w_hat.double()).pow(2).mean())
+
+
+def _channel_gain(w: torch.Tensor, bits: int) -> float:
+    per_tensor = affine.fake_quantize(w, "absmax", bits=bits)
+    per_channel = affine.fake_quantize(w, "absmax", bits=bits, axis=0)
+    return _mse(w, per_tensor) / _mse(w, per_channel)
 
 
 SPECS = [
@@ -140,5 +168,34 @@ SPECS = [
         hint="""for each candidate c, quantize over [-c, c] (exercise 2), sum (x - x_hat)**2, and
         return the c with the smallest sum.""",
         passed="finds the smallest-error clip on all {n} tensors",
+    ),
+    Spec(
+        signature="channel_gain(w, bits)",
+        title="What one scale per row buys on a real layer",
+        doc="""→ MSE(per tensor) / MSE(per row): how many times smaller the mean squared error of
+        absmax at ``bits`` gets when each output row of ``w`` [out, in] has its own scale
+        instead of one for the whole tensor. Reference: ``qlearn.affine.fake_quantize(w,
+        "absmax", bits=bits)`` and the same with ``axis=0`` (Nagel et al. 2021, §2.3), within
+        10⁻⁴ relative.""",
+        inputs=_real_layers,
+        reference=_channel_gain,
+        compare=lambda got, expected, case: compare_number(got, expected, rel=1e-4),
+        mistakes=[
+            (
+                lambda got, expected, case: abs(float(got) * expected - 1) < 1e-3,
+                "the ratio is upside down: per-tensor MSE over per-row MSE (a gain above 1)",
+            ),
+            (
+                lambda got, expected, case: (
+                    abs(float(got) - _channel_gain(case.args[0].T, case.args[1]))
+                    < 1e-4 * abs(float(got))
+                ),
+                "one scale per column (input channel); a channel is a row of w [out, in]",
+            ),
+        ],
+        hint="""per tensor: scale = w.abs().max() / (2**(bits - 1) - 1); per row: scale =
+        w.abs().amax(dim=1, keepdim=True) / (2**(bits - 1) - 1); Ŵ = torch.round(w / scale) *
+        scale; MSE = ((w - Ŵ) ** 2).mean().""",
+        passed="agrees with qlearn.affine.fake_quantize on {n} of the course model's weights",
     ),
 ]

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from qlearn import int8
+from qlearn.exercises import _course
 from qlearn.exercises._compare import activations, as_tensor, codes_then, compare_tensor, show
 from qlearn.exercises._runner import Case, Draw, Spec
 
@@ -73,6 +74,44 @@ def _in_float(got: Any, expected: Any, case: Case) -> bool:
 
 
 _FLOAT_PRODUCT = (_in_float, "this is X @ W.T in float: the int8 rounding is missing")
+
+LAYER_SHARE = 0.25  # Dettmers et al. 2022, §4: at least 25 % of the layers ...
+TOKEN_SHARE = 0.06  # ... and at least 6 % of the tokens
+
+
+def _real_inputs(draw: Draw) -> list[Case]:
+    """What the q_proj and gate_proj of every decoder layer of the course's model
+    (SmolLM2-135M-Instruct, its weights a Q4_1 reconstruction) receive on four windows of 128
+    tokens of *Emma* drawn by the seed: the normalized residual stream, 60 × [512, 576]; at
+    the paper's threshold 6, and at 4 and 2 (a model of 135 M parameters has fewer and smaller
+    outliers than the paper's of 6.7 B and more)."""
+    names = _course.layer_names("self_attn.q_proj") + _course.layer_names("mlp.gate_proj")
+    inputs = _course.layer_inputs(names, _course.emma_windows(draw, 4, 128))
+    shown = {
+        "inputs": f"{{name: X}} of the {len(names)} q_proj and gate_proj layers, X [512, 576]: "
+        f"4 windows of 128 tokens of Emma (seed {draw.seed})"
+    }
+    return [Case((inputs, t), f"threshold {t}", shown=shown) for t in (6.0, 4.0, 2.0)]
+
+
+def _systematic(
+    inputs: dict[str, torch.Tensor],
+    threshold: float,
+    token_share: float = TOKEN_SHARE,
+    layer_share: float = LAYER_SHARE,
+) -> list[int]:
+    """Dimensions that reach |x| ≥ threshold in ≥ 25 % of the layers, and in ≥ 6 % of the
+    tokens of at least one of them (chapter 04's reading of §4)."""
+    width = next(iter(inputs.values())).shape[-1]
+    layers = torch.zeros(width, dtype=torch.int64)
+    tokens = torch.zeros(width, dtype=torch.bool)
+    for X in inputs.values():
+        X = X.reshape(-1, X.shape[-1])
+        hits = (X.abs() >= threshold).sum(dim=0).double() / X.shape[0]  # share of the tokens
+        layers += hits > 0
+        tokens |= hits >= token_share
+    return torch.nonzero((layers >= layer_share * len(inputs)) & tokens).flatten().tolist()
+
 
 SPECS = [
     Spec(
@@ -145,5 +184,38 @@ SPECS = [
         set the codes of the outlier columns to 0, and multiply X[:, O] by the *dequantized* int8
         weight of those columns.""",
         passed="agrees with qlearn.int8.llm_int8_matmul on {n} products",
+    ),
+    Spec(
+        signature="systematic_outliers(inputs, threshold)",
+        title="Systematic outlier features of the real model",
+        doc="""→ the input dimensions (ascending, a list of ints) that are *systematic* outlier
+        features of ``inputs`` ({layer name: X [tokens, features]}): |x| ≥ ``threshold`` in at
+        least 25 % of the layers, and in at least 6 % of the tokens of at least one of them
+        (Dettmers et al. 2022, §4, read as section 1 of the chapter reads it). Reference: that
+        definition over the tokens' |x|, exactly.""",
+        inputs=_real_inputs,
+        reference=_systematic,
+        compare=lambda got, expected, case: (
+            None
+            if isinstance(got, (list, tuple)) and [int(d) for d in got] == expected
+            else f"expected the dimensions {expected}, got {show(got)}"
+        ),
+        mistakes=[
+            (
+                lambda got, expected, case: [int(d) for d in got] == _systematic(*case.args, 0.0),
+                "the token condition is missing: ≥ 6 % of the tokens in at least one layer",
+            ),
+            (
+                lambda got, expected, case: (
+                    [int(d) for d in got] == _systematic(*case.args, layer_share=0.0)
+                ),
+                "the layer condition is missing: the threshold reached in ≥ 25 % of the layers",
+            ),
+        ],
+        hint="""for each layer: share = (X.abs() >= threshold).float().mean(dim=0), each
+        dimension's share of tokens; count the layers where share > 0, and note where share >=
+        0.06; keep the dimensions counted in at least 0.25 * len(inputs) layers that were noted
+        at least once (torch.nonzero(...).flatten().tolist()).""",
+        passed="finds the systematic outlier features of the course model at {n} thresholds",
     ),
 ]

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from qlearn import gptq
-from qlearn.exercises._compare import compare_tensor
+from qlearn.exercises import _course
+from qlearn.exercises._compare import compare_number, compare_tensor
 from qlearn.exercises._runner import Case, Draw, Spec
 
 
@@ -72,6 +73,25 @@ def _layers(draw: Draw) -> list[Case]:
 
 def _same_shape(got: Any, expected: torch.Tensor) -> bool:
     return isinstance(got, torch.Tensor) and got.shape == expected.shape
+
+
+def _real_layers(draw: Draw) -> list[Case]:
+    """Two k_proj / v_proj weights [192, 576] of the course's model (SmolLM2-135M-Instruct, its
+    weights a Q4_1 reconstruction) drawn by the seed, with what they receive on 4 windows of
+    128 tokens of *Emma* drawn by the seed (X [512, 576]); at 4 and 3 bits."""
+    names = _course.layer_names("k_proj") + _course.layer_names("v_proj")
+    return [
+        Case((W, X, b), f"{name}, {b}-bit", shown=shown)
+        for name, W, X, shown in _course.drawn_layers_and_inputs(draw, names, 2, 4, 128)
+        for b in (4, 3)
+    ]
+
+
+def _gptq_gain(W: torch.Tensor, X: torch.Tensor, bits: int) -> float:
+    H = _hessian(X)
+    rtn = gptq.rtn_quantize(W.double(), bits=bits).weight
+    ours = gptq.gptq_quantize(W.double(), H, bits=bits).weight  # 1 % damping, the default
+    return gptq.layer_error(W, rtn, H) / gptq.layer_error(W, ours, H)
 
 
 SPECS = [
@@ -175,5 +195,29 @@ SPECS = [
         torch.linalg.inv(H); for each column j: W[:, j:] = gptq_step(W[:, j:], Hinv, ...), then
         Hinv = Hinv[1:, 1:] - torch.outer(Hinv[1:, 0], Hinv[0, 1:]) / Hinv[0, 0].""",
         passed="agrees with qlearn.gptq.gptq_quantize on {n} layers",
+    ),
+    Spec(
+        signature="gptq_gain(W, X, bits)",
+        title="What GPTQ buys on a real layer",
+        doc="""→ the output error of round-to-nearest divided by GPTQ's, both as exercise 2
+        measures it (½ tr(Δ H Δᵀ) with H from the inputs ``X`` as in exercise 1), for the real
+        layer ``W`` at ``bits`` (one min/max grid per row, GPTQ with the reference's damping of
+        1 % of mean(diag H): X has fewer tokens than dimensions, so H alone is singular).
+        Reference: ``qlearn.gptq.rtn_quantize``, ``gptq_quantize`` and ``layer_error``
+        (Frantar et al. 2023, eq. 1 and Algorithm 1), in float64, within 2 % relative: a few
+        codes of GPTQ follow the last bits of the arithmetic.""",
+        inputs=_real_layers,
+        reference=_gptq_gain,
+        compare=lambda got, expected, case: compare_number(got, expected, rel=0.02),
+        mistakes=[
+            (
+                lambda got, expected, case: abs(float(got) * expected - 1) < 0.05,
+                "the ratio is upside down: RTN's error over GPTQ's (a gain above 1)",
+            )
+        ],
+        hint="""H = layer_hessian(X) (exercise 1); rtn = gptq.rtn_quantize(W, bits=bits).weight;
+        q = gptq.gptq_quantize(W, H, bits=bits).weight (its default damping); then
+        layer_error(W, rtn, H) / layer_error(W, q, H) (exercise 2).""",
+        passed="agrees with qlearn.gptq on {n} of the course model's layers",
     ),
 ]

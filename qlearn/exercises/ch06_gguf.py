@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from qlearn import gguf
+from qlearn.exercises import _course
 from qlearn.exercises._compare import as_tensor, show, show_bytes
 from qlearn.exercises._runner import Case, Draw, Spec
 
@@ -107,6 +108,47 @@ def _neighbours(got: Any, expected: np.ndarray, case: Case) -> bool:
 
 _NEIGHBOURS = (_neighbours, "codes 2j and 2j + 1 share a byte: GGUF puts codes j and j + 16 there")
 
+TYPES_BY_SIZE = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
+"""The types the real-weight exercise chooses from, fewest bits per weight first."""
+
+
+def _rmse(w: torch.Tensor, qtype: str) -> float:
+    a = w.numpy()
+    back = gguf.dequantize(gguf.quantize(a, qtype), qtype, a.shape)
+    return float(np.sqrt(np.mean((back.astype(np.float64) - a) ** 2)))
+
+
+def _real_rows(draw: Draw) -> list[Case]:
+    """16 rows (1536 weights each, six super-blocks) of three mlp.down_proj weights of the
+    course's model (SmolLM2-135M-Instruct, its weights a Q4_1 reconstruction) drawn by the
+    seed, each with a budget between two types' errors; one budget nothing meets and one
+    every type meets."""
+    cases = []
+    for i, name in enumerate(_course.drawn_names(draw, 3, "mlp.down_proj")):
+        start = draw.py.randrange(0, 576 - 16)
+        w = _course.weight(name)[start : start + 16].contiguous()
+        errors = [_rmse(w, t) for t in TYPES_BY_SIZE]
+        k = draw.py.randrange(len(errors) - 1)
+        budget = [
+            (errors[k] * errors[k + 1]) ** 0.5,
+            errors[-1] * 0.5,
+            errors[0] * 1.01,
+        ][i]
+        note = ["between two types", "nothing meets it", "every type meets it"][i]
+        shown = {"w": f"rows {start}–{start + 15} of {name} [576, 1536], {_course.MODEL_NOTE}"}
+        cases.append(Case((w, float(f"{budget:.4g}")), f"{name}, {note}", shown=shown))
+    return cases
+
+
+def _smallest_type(w: torch.Tensor, max_rmse: float) -> str | None:
+    return next((t for t in TYPES_BY_SIZE if _rmse(w, t) <= max_rmse), None)
+
+
+def _largest_meeting(got: Any, expected: str | None, case: Case) -> bool:
+    w, max_rmse = case.args
+    return got == next((t for t in reversed(TYPES_BY_SIZE) if _rmse(w, t) <= max_rmse), None)
+
+
 SPECS = [
     Spec(
         signature="dequantize_q8_0(raw)",
@@ -176,5 +218,29 @@ SPECS = [
         hint="""lo, hi = x.min(), x.max(); d = (hi - lo) / 15; q = np.minimum(15, np.trunc((x -
         lo) * (1 / d) + 0.5)); bytes: d, then lo, as fp16, then q[:16] | (q[16:] << 4).""",
         passed="gives qlearn.gguf.quantize's bytes on {n} blocks",
+    ),
+    Spec(
+        signature="smallest_type(w, max_rmse)",
+        title="The smallest type that meets a budget, on real weights",
+        doc="""→ the GGUF type of ``TYPES_BY_SIZE`` ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+        "Q8_0", fewest bits per weight first) with the fewest bits per weight whose root mean
+        squared error on ``w`` (rows of 1536 real weights) is at most ``max_rmse``, or None if
+        none is. Reference: ``qlearn.gguf.quantize`` and ``dequantize`` (llama.cpp's reference
+        k-quants), the RMSE in float64; exactly.""",
+        inputs=_real_rows,
+        reference=_smallest_type,
+        compare=lambda got, expected, case: (
+            None if got == expected else f"expected {expected!r}, got {show(got)}"
+        ),
+        mistakes=[
+            (
+                _largest_meeting,
+                "the largest type that meets the budget; the question is the smallest",
+            )
+        ],
+        hint="""for qtype in ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0"): back =
+        gguf.dequantize(gguf.quantize(w.numpy(), qtype), qtype, tuple(w.shape)); return the first
+        whose np.sqrt(np.mean((back - w.numpy()) ** 2)) <= max_rmse; None after the loop.""",
+        passed="picks the smallest type within budget for {n} slices of the course model's weights",
     ),
 ]

@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from qlearn import bitnet, qat
+from qlearn.exercises import _course
 from qlearn.exercises._compare import (
     as_tensor,
     codes_then,
     compare_number,
+    compare_numbers,
     compare_tensor,
     scalar,
     show,
@@ -89,6 +91,29 @@ def _ternary_products(draw: Draw) -> list[Case]:
         w = bitnet.weight_quant_ternary(torch.randn(out, features, generator=g)).codes
         cases.append(Case((x, w)))
     return cases
+
+
+def _real_weights(draw: Draw) -> list[Case]:
+    """Four decoder weights of the course's model (SmolLM2-135M-Instruct, its weights a Q4_1
+    reconstruction), drawn by the seed."""
+    cases = []
+    for name in _course.drawn_names(draw, 4):
+        w = _course.weight(name)
+        cases.append(Case((w,), name, shown={"w": _course.shown_weight(name, w)}))
+    return cases
+
+
+def _ternary_stats(w: torch.Tensor) -> tuple[float, float]:
+    ternary = bitnet.weight_quant_ternary(w)
+    w_hat = ternary.dequantize().double()
+    zeros = float((ternary.codes == 0).double().mean())
+    return zeros, float((w.double() - w_hat).norm() / w.double().norm())
+
+
+def _absmax_zeros(got: Any, expected: tuple[float, float], case: Case) -> bool:
+    (w,) = case.args
+    share = float(((w / w.abs().max()).round() == 0).double().mean())
+    return abs(float(got[0]) - share) < 1e-6
 
 
 SPECS = [
@@ -193,5 +218,27 @@ SPECS = [
         hint="""x = x_codes.int()[:, None, :] is [tokens, 1, in]; torch.where(w_codes == 1, x,
         0).sum(-1) adds, torch.where(w_codes == -1, x, 0).sum(-1) is what to subtract.""",
         passed="agrees with qlearn.bitnet.ternary_matmul on {n} products",
+    ),
+    Spec(
+        signature="ternary_stats(w)",
+        title="Ternary weights of the real model",
+        doc="""→ (the share of ``w``'s weights that BitNet b1.58's absmean quantization sets to
+        0, the relative error ‖W − Ŵ‖ / ‖W‖ of the ternary weights Ŵ = γ · codes) for one
+        scale γ = mean|W| over the tensor (exercise 2's rule, on a real layer). Reference:
+        ``qlearn.bitnet.weight_quant_ternary`` (Ma et al. 2024, eq. 1–3), within 10⁻⁴
+        relative (a float32 norm over a million weights differs in its sixth digit).""",
+        inputs=_real_weights,
+        reference=_ternary_stats,
+        compare=compare_numbers(("share of zeros", "relative error"), rel=1e-4),
+        mistakes=[
+            (
+                _absmax_zeros,
+                "that is absmax's share of zeros (γ = max|W|); BitNet b1.58 scales by mean|W|",
+            )
+        ],
+        hint="""gamma = w.abs().mean(); codes = torch.clamp(torch.round(w / gamma), -1, 1);
+        zeros = (codes == 0).float().mean(); error = (w - gamma * codes).norm() / w.norm().""",
+        passed="""agrees with qlearn.bitnet.weight_quant_ternary on {n} of the course model's
+        weights""",
     ),
 ]

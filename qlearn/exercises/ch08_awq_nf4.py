@@ -7,7 +7,13 @@ from typing import Any
 import torch
 
 from qlearn import awq, nf4
-from qlearn.exercises._compare import as_tensor, compare_choice, compare_tensor
+from qlearn.exercises import _course
+from qlearn.exercises._compare import (
+    as_tensor,
+    compare_choice,
+    compare_numbers,
+    compare_tensor,
+)
 from qlearn.exercises._runner import Case, Draw, Spec, settings, tensors
 
 
@@ -70,6 +76,47 @@ def _search(
     with torch.no_grad():
         linear.weight.copy_(W)
     return awq.search_scale(linear, [linear], X, bits=bits, group_size=group_size, alphas=alphas)
+
+
+KEEP = 6  # of 576 input channels: the 1 % of AWQ's Table 1
+
+
+def _real_layers(draw: Draw) -> list[Case]:
+    """Two q_proj / gate_proj / up_proj weights (576 input channels) of the course's model
+    (SmolLM2-135M-Instruct, its weights a Q4_1 reconstruction) drawn by the seed, with what
+    they receive on 2 windows of 128 tokens of *Emma* drawn by the seed (X [256, 576])."""
+    names = [
+        *_course.layer_names("self_attn.q_proj"),
+        *_course.layer_names("mlp.gate_proj"),
+        *_course.layer_names("mlp.up_proj"),
+    ]
+    return [
+        Case((W, X, KEEP), name, shown=shown)
+        for name, W, X, shown in _course.drawn_layers_and_inputs(draw, names, 2, 2, 128)
+    ]
+
+
+def _output_mse(W: torch.Tensor, W_hat: torch.Tensor, X: torch.Tensor) -> float:
+    return float((X.double() @ (W.double() - W_hat.double()).T).pow(2).mean())
+
+
+def _kept(W: torch.Tensor, channels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rtn = awq.pseudo_quantize(W, bits=4, group_size=128)
+    kept = rtn.clone()
+    kept[:, channels] = W[:, channels]
+    return rtn, kept
+
+
+def _salient_errors(W: torch.Tensor, X: torch.Tensor, keep: int) -> tuple[float, float]:
+    channels = X.abs().mean(dim=0).topk(keep).indices
+    rtn, kept = _kept(W, channels)
+    return _output_mse(W, rtn, X), _output_mse(W, kept, X)
+
+
+def _by_weight(got: Any, expected: tuple[float, float], case: Case) -> bool:
+    W, X, keep = case.args
+    _, kept = _kept(W, W.abs().mean(dim=0).topk(keep).indices)
+    return abs(float(got[1]) / _output_mse(W, kept, X) - 1) < 1e-3
 
 
 SPECS = [
@@ -167,5 +214,31 @@ SPECS = [
         bits=bits, group_size=group_size) / s; error = ((X @ W_hat.T - X @ W.T) ** 2).mean():
         the error of the *output*, not of the weights.""",
         passed="finds the smallest-error alpha of qlearn.awq.search_scale on {n} layers",
+    ),
+    Spec(
+        signature="salient_errors(W, X, keep)",
+        title="Keep 1 % of the channels, chosen by the activations",
+        doc="""→ (the output MSE of ``W`` rounded to nearest at 4 bits in groups of 128, the
+        output MSE when the ``keep`` input channels with the largest mean |x| over ``X`` keep
+        their FP32 weights and the rest is rounded as before), each mean((X Wᵀ − X Ŵᵀ)²) over
+        tokens and outputs. Reference: ``qlearn.awq.pseudo_quantize(W, bits=4,
+        group_size=128)`` and s_X = mean|x| (Lin et al. 2024, §3.1 and Table 1), within 10⁻⁴
+        relative.""",
+        inputs=_real_layers,
+        reference=_salient_errors,
+        compare=compare_numbers(
+            ("RTN's output MSE", "output MSE with the salient channels kept"), rel=1e-4
+        ),
+        mistakes=[
+            (
+                _by_weight,
+                "the channels were chosen by the weights' size; AWQ chooses by the activations' "
+                "mean |x|",
+            )
+        ],
+        hint="""rtn = awq.pseudo_quantize(W, bits=4, group_size=128); salient =
+        X.abs().mean(dim=0).topk(keep).indices; kept = rtn.clone(); kept[:, salient] = W[:,
+        salient]; MSE = ((X @ (W - Ŵ).T) ** 2).mean() for Ŵ = rtn and Ŵ = kept.""",
+        passed="agrees with qlearn.awq.pseudo_quantize on {n} of the course model's layers",
     ),
 ]

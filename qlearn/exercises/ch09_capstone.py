@@ -4,7 +4,6 @@ Taught in notebooks/09_capstone.ipynb."""
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import operator
 import random
@@ -18,6 +17,7 @@ from torch import nn
 from qlearn import affine, awq, bitnet, evaluate, gguf, gptq, models, nf4
 from qlearn._checks import check_int
 from qlearn.data import calibration_windows, load_text
+from qlearn.exercises import _course
 from qlearn.exercises._compare import show
 from qlearn.exercises._runner import Case, Draw, Spec
 
@@ -202,17 +202,12 @@ class DesignResult:
         return f"{self.bits_per_weight:.4f} bits per weight, perplexity {self.perplexity:.3f}"
 
 
-@functools.cache
-def _course_model() -> tuple[nn.Module, Any]:
-    return models.load_model()
-
-
 def _design_inputs(draw: Draw) -> list[Case]:
     """The course's model (SmolLM2-135M-Instruct, whose weights are a Q4_1 reconstruction) and
     8 calibration windows of 128 tokens of *Emma*, drawn from the seed (the capstone's
     calibration at seed 0); the perplexity is measured on the capstone's 2048 tokens of
     *Pride and Prejudice*, which the calibration never sees."""
-    model, tokenizer = _course_model()
+    model, tokenizer = _course.course_model()
     emma = load_text("emma")
     windows = calibration_windows(tokenizer, emma, n_samples=8, seqlen=128, seed=draw.seed)
     shown = {
@@ -231,7 +226,7 @@ def _with_weights(model: nn.Module, weights: Mapping[str, torch.Tensor]) -> nn.M
 
 
 def _perplexity(model: nn.Module) -> float:
-    _, tokenizer = _course_model()
+    _, tokenizer = _course.course_model()
     text = load_text("pride_and_prejudice")
     return evaluate.perplexity(model, tokenizer, text, max_tokens=DESIGN_EVAL_TOKENS, cache=True)
 
