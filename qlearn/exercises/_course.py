@@ -42,6 +42,14 @@ def drawn_names(draw: Draw, n: int, suffix: str = "") -> list[str]:
     return [names[i] for i in sorted(draw.py.sample(range(len(names)), n))]
 
 
+def drawn_weights(draw: Draw, n: int, suffix: str = "") -> list[tuple[str, torch.Tensor, str]]:
+    """``n`` layers drawn by the seed (:func:`drawn_names`), each as (name, a copy of its
+    weight, how a check shows it)."""
+    return [
+        (name, w := weight(name), shown_weight(name, w)) for name in drawn_names(draw, n, suffix)
+    ]
+
+
 @functools.cache
 def _windows(n_samples: int, seqlen: int, seed: int) -> torch.Tensor:
     _, tokenizer = course_model()

@@ -47,12 +47,11 @@ def _float32_patterns(draw: Draw) -> list[Case]:
 def _real_weights(draw: Draw) -> list[Case]:
     """Two decoder weights of the course's model (SmolLM2-135M-Instruct, whose weights are a
     Q4_1 reconstruction), drawn by the seed, each in FP16, BF16, FP8 E4M3 and FP8 E5M2."""
-    cases = []
-    for name in _course.drawn_names(draw, 2):
-        w = _course.weight(name)
-        shown = {"w": _course.shown_weight(name, w)}
-        cases += [Case((w, fmt), f"{name}, {fmt}", shown=shown) for fmt in _CAST_FORMATS]
-    return cases
+    return [
+        Case((w, fmt), f"{name}, {fmt}", shown={"w": shown})
+        for name, w, shown in _course.drawn_weights(draw, 2)
+        for fmt in _CAST_FORMATS
+    ]
 
 
 def _flushed(w: torch.Tensor, fmt: str) -> float:

@@ -73,9 +73,9 @@ def _real_layers(draw: Draw) -> list[Case]:
     return cases
 
 
-def _relative_error(w: torch.Tensor, bits: int) -> float:
-    """‖W − Ŵ‖ / ‖W‖ of per-tensor absmax at ``bits``, in float64."""
-    w_hat = affine.fake_quantize(w, "absmax", bits=bits)
+def _relative_error(w: torch.Tensor, bits: int, axis: int | None = None) -> float:
+    """‖W − Ŵ‖ / ‖W‖ of absmax at ``bits`` (per tensor, or along ``axis``), in float64."""
+    w_hat = affine.fake_quantize(w, "absmax", bits=bits, axis=axis)
     return float((w.double() - w_hat.double()).norm() / w.double().norm())
 
 
@@ -97,10 +97,7 @@ def _compare_worst(got: Any, expected: str, case: Case) -> str | None:
 
 def _one_scale_per_row(got: Any, expected: str, case: Case) -> bool:
     weights, bits = case.args
-    per_row = {
-        n: float((w - affine.fake_quantize(w, "absmax", bits=bits, axis=0)).norm() / w.norm())
-        for n, w in weights.items()
-    }
+    per_row = {n: _relative_error(w, bits, axis=0) for n, w in weights.items()}
     return got == max(per_row, key=per_row.__getitem__)
 
 

@@ -81,12 +81,11 @@ def _best_clip(x: torch.Tensor, bits: int, candidates: Sequence[float]) -> float
 def _real_layers(draw: Draw) -> list[Case]:
     """Three decoder weights of the course's model (SmolLM2-135M-Instruct, whose weights are a
     Q4_1 reconstruction) drawn by the seed, each at 8 and at 4 bits."""
-    cases = []
-    for name in _course.drawn_names(draw, 3):
-        w = _course.weight(name)
-        shown = {"w": _course.shown_weight(name, w)}
-        cases += [Case((w, bits), f"{name}, {bits}-bit", shown=shown) for bits in (8, 4)]
-    return cases
+    return [
+        Case((w, bits), f"{name}, {bits}-bit", shown={"w": shown})
+        for name, w, shown in _course.drawn_weights(draw, 3)
+        for bits in (8, 4)
+    ]
 
 
 def _mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:

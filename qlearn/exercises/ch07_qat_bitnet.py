@@ -96,11 +96,9 @@ def _ternary_products(draw: Draw) -> list[Case]:
 def _real_weights(draw: Draw) -> list[Case]:
     """Four decoder weights of the course's model (SmolLM2-135M-Instruct, its weights a Q4_1
     reconstruction), drawn by the seed."""
-    cases = []
-    for name in _course.drawn_names(draw, 4):
-        w = _course.weight(name)
-        cases.append(Case((w,), name, shown={"w": _course.shown_weight(name, w)}))
-    return cases
+    return [
+        Case((w,), name, shown={"w": shown}) for name, w, shown in _course.drawn_weights(draw, 4)
+    ]
 
 
 def _ternary_stats(w: torch.Tensor) -> tuple[float, float]:
