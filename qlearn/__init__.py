@@ -13,8 +13,10 @@ One module per concept, in course order:
 - :mod:`qlearn.bitnet`   — BitNet 1-bit and b1.58: BitLinear, ternary packing. Chapter 07.
 - :mod:`qlearn.awq`      — AWQ: activation-aware scales folded into the model. Chapter 08.
 - :mod:`qlearn.nf4`      — NF4 and FP4 with double quantization (bitsandbytes). Chapter 08.
+- :mod:`qlearn.kernels`  — real low-bit linears on the CPU: weight-only int8, W8A8 with int32
+  sums, weight-only int4 (tinygemm). Chapter 10.
 - :mod:`qlearn.models`   — the default model, walking linear layers, footprint.
-- :mod:`qlearn.evaluate` — perplexity and greedy generation.
+- :mod:`qlearn.evaluate` — perplexity, KL divergence from the original, greedy generation.
 - :mod:`qlearn.plot`     — weight histograms and the course's other figures.
 - :mod:`qlearn.data`     — the course's texts and calibration windows.
 - :mod:`qlearn.widgets`  — interactive explorers (ipywidgets) over tested functions.

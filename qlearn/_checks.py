@@ -69,6 +69,16 @@ def check_float_tensor(
         )
 
 
+def check_features(x: Any, in_features: int, name: str = "x") -> None:
+    """Raise unless ``x`` is a float tensor whose last dimension is ``in_features``."""
+    check_float_tensor(x, name)
+    if x.ndim == 0 or x.shape[-1] != in_features:
+        raise ValueError(
+            f"{name}: expected a last dimension of {in_features} (in_features), "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
 def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
     """Raise unless ``value`` is an integer (a bool is not), at least ``minimum`` if given."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -1,24 +1,35 @@
-"""Measure what quantization cost: perplexity on held-out text, and greedy generations.
+"""Measure what quantization cost: perplexity on held-out text, KL divergence from the
+original model, and greedy generations.
 
 Perplexity is exp of the mean negative log-likelihood per predicted token (Jelinek et al. 1977;
 as in the GPTQ paper's WikiText2 evaluation, Frantar et al. 2022 §5, here on Jane Austen).
-Used from notebooks/02_absmax_zeropoint.ipynb on.
+Used from notebooks/02_absmax_zeropoint.ipynb on. The KL divergence of a quantized model's
+next-token distribution from the original's, token by token, is what llama.cpp's
+``llama-perplexity --kl-divergence`` reports; chapter 10 teaches it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from qlearn import reuse
-from qlearn._checks import check_bool, check_int
+from qlearn._checks import check_bool, check_float_tensor, check_int, check_module
 from qlearn._layers import model_device
 from qlearn._progress import progress_bar
 
-__all__ = ["generate", "perplexity", "token_windows"]
+__all__ = [
+    "Divergence",
+    "generate",
+    "kl_divergence",
+    "kl_per_token",
+    "perplexity",
+    "token_windows",
+]
 
 
 def perplexity(
@@ -68,6 +79,164 @@ def _perplexity(
             total_nll += F.cross_entropy(logits, ids[1:], reduction="sum").item()
             total_predicted += ids.numel() - 1
     return math.exp(total_nll / total_predicted)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: `==` on tensors is elementwise, not a bool
+class Divergence:
+    """How far a model's next-token distributions lie from a reference model's, on one text.
+
+    ``values``: KL(P_ref ‖ P_q) in nats for every predicted token (float64, in text order).
+    ``mean``, ``median`` and ``p99`` (the 99th percentile, linear interpolation) summarize
+    them; ``top1_agreement`` is the share of tokens where both models' most likely next token
+    is the same (llama.cpp's "Same top p"); ``delta_p`` the mean of p_q(correct token) −
+    p_ref(correct token) (llama.cpp's "Mean Δp", here a fraction, not a percentage);
+    ``perplexity`` and ``reference_perplexity`` the two models' perplexities on the same
+    tokens, and ``perplexity_ratio`` their ratio. Chapter 10 (what quantization buys).
+    """
+
+    values: torch.Tensor
+    top1_agreement: float
+    delta_p: float
+    perplexity: float
+    reference_perplexity: float
+
+    @property
+    def n_tokens(self) -> int:
+        """The number of predicted tokens the figures are over."""
+        return self.values.numel()
+
+    @property
+    def mean(self) -> float:
+        """Mean KL divergence per predicted token, nats: llama.cpp's "Mean KLD"."""
+        return float(self.values.mean())
+
+    @property
+    def median(self) -> float:
+        """Median KL divergence per predicted token, nats."""
+        return float(torch.quantile(self.values, 0.5))
+
+    @property
+    def p99(self) -> float:
+        """The 99th percentile of the KL divergence per token, nats: the rare tokens the
+        quantized model gets badly wrong, which a mean hides."""
+        return float(torch.quantile(self.values, 0.99))
+
+    @property
+    def perplexity_ratio(self) -> float:
+        """PPL(model) / PPL(reference): exp of the mean change of the negative log-likelihood."""
+        return self.perplexity / self.reference_perplexity
+
+
+def kl_divergence(
+    reference: nn.Module,
+    model: nn.Module,
+    tokenizer: object,
+    text: str,
+    *,
+    max_tokens: int = 2048,
+    window: int = 1024,
+    progress: bool | None = None,
+) -> Divergence:
+    """KL divergence of ``model``'s next-token distributions from ``reference``'s, per token.
+
+    Both models read the same windows as :func:`perplexity` (``max_tokens`` tokens of
+    ``text`` cut into windows of ``window``, each from no context); at every predicted
+    position, with p and q the two softmaxes over the vocabulary,
+    KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v)) ≥ 0, zero only where the distributions agree.
+    Unlike perplexity, which only looks at the probability of the token that came next, this
+    compares the whole distribution, so two models with the same perplexity can differ
+    (Kullback and Leibler 1951; for quantized LLMs, llama.cpp's ``--kl-divergence``).
+
+    How llama.cpp's figures differ: ``llama-perplexity`` scores only the second half of each
+    context of ``n_ctx`` tokens (the first half is context), stores the reference's
+    log-probabilities in 16 bits, and prints Δp in percent; here every position after the
+    first of a window counts and everything is float32 log-softmax, summed in float64.
+    ``tokenizer`` is the one both models read; they must share its vocabulary (a
+    ``ValueError`` otherwise). Chapter 10 (what quantization buys).
+    """
+    check_module(reference, "reference")
+    check_module(model, "model")
+    windows = token_windows(tokenizer, text, max_tokens=max_tokens, window=window)
+    _check_same_vocabulary(reference, model, tokenizer)
+    per_token: list[torch.Tensor] = []
+    same_top = delta_p = nll = nll_ref = 0.0
+    with torch.inference_mode():
+        for ids in progress_bar(windows, desc="KL divergence", progress=progress):
+            log_p = _log_probs(reference, ids)
+            log_q = _log_probs(model, ids)
+            if log_q.shape != log_p.shape:
+                raise ValueError(
+                    f"model: expected logits over the reference's {log_p.shape[-1]} tokens, "
+                    f"got {log_q.shape[-1]}"
+                )
+            target = ids[1:].to(log_p.device).unsqueeze(1)
+            per_token.append(_kl_rows(log_p, log_q).cpu())
+            same_top += (log_p.argmax(dim=1) == log_q.argmax(dim=1)).sum().item()
+            p_ref, p_q = log_p.gather(1, target), log_q.gather(1, target)
+            delta_p += (p_q.exp() - p_ref.exp()).double().sum().item()
+            nll_ref -= p_ref.double().sum().item()
+            nll -= p_q.double().sum().item()
+    values = torch.cat(per_token)
+    n = values.numel()
+    return Divergence(
+        values=values,
+        top1_agreement=same_top / n,
+        delta_p=delta_p / n,
+        perplexity=math.exp(nll / n),
+        reference_perplexity=math.exp(nll_ref / n),
+    )
+
+
+def kl_per_token(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) at every position: p = softmax(``reference_logits``), q = softmax(``logits``).
+
+    Both ``[positions, vocab]`` (or ``[vocab]`` for one position), any float dtype; computed as
+    Σ_v p(v) (log p(v) − log q(v)) from float32 log-softmaxes, returned in float64 nats, one
+    value per position. What :func:`kl_divergence` sums window by window (Kullback and Leibler
+    1951; chapter 10's exercise writes it).
+    """
+    check_float_tensor(reference_logits, "reference_logits")
+    check_float_tensor(logits, "logits")
+    if reference_logits.ndim not in (1, 2) or logits.shape != reference_logits.shape:
+        raise ValueError(
+            "logits: expected the shape of reference_logits ([positions, vocab] or [vocab]), "
+            f"got {tuple(logits.shape)} and {tuple(reference_logits.shape)}"
+        )
+    log_p = F.log_softmax(reference_logits.float(), dim=-1)
+    log_q = F.log_softmax(logits.float().to(log_p.device), dim=-1)
+    return _kl_rows(log_p, log_q)
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Σ_v p (log p − log q) along the last dimension, float64 (p = 0 terms contribute 0)."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), 0.0).sum(dim=-1).double()
+
+
+def _log_probs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """log-softmax of the model's logits at every position but the last, float32 [n − 1, vocab]."""
+    logits = model(ids.to(model_device(model)).unsqueeze(0)).logits[0, :-1]
+    return F.log_softmax(logits.float(), dim=-1)
+
+
+def _check_same_vocabulary(reference: nn.Module, model: nn.Module, tokenizer: object) -> None:
+    """Both models' output vocabularies are one size, and the tokenizer's ids fit in it."""
+    sizes = {
+        name: getattr(getattr(m, "config", None), "vocab_size", None)
+        for name, m in (("reference", reference), ("model", model))
+    }
+    if None not in sizes.values() and sizes["reference"] != sizes["model"]:
+        raise ValueError(
+            f"model: expected the reference's vocabulary of {sizes['reference']} tokens, "
+            f"got {sizes['model']}: KL divergence compares distributions over the same tokens"
+        )
+    tokens = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    vocab = sizes["reference"]
+    if tokens is not None and vocab is not None and tokens > vocab:
+        raise ValueError(
+            f"tokenizer: expected at most the models' {vocab} tokens, got a tokenizer of "
+            f"{tokens}: it is not these models' tokenizer"
+        )
 
 
 def token_windows(

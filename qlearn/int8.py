@@ -34,7 +34,14 @@ from typing import Final
 import torch
 from torch import nn
 
-from qlearn._checks import check_choice, check_float_tensor, check_int, check_module, check_positive
+from qlearn._checks import (
+    check_choice,
+    check_features,
+    check_float_tensor,
+    check_int,
+    check_module,
+    check_positive,
+)
 from qlearn._layers import model_device
 from qlearn._progress import progress_bar
 from qlearn._quantized import bits_per_weight
@@ -325,12 +332,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in] → [..., out] in x's dtype, computed as ``mode`` says (see the class)."""
-        check_float_tensor(x, "x")
-        if x.ndim == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"x: expected a last dimension of {self.in_features} (in_features), "
-                f"got shape {tuple(x.shape)}"
-            )
+        check_features(x, self.in_features)
         threshold = self.threshold if self.mode == "llm.int8" else None
         with torch.no_grad():
             return _int8_linear(

@@ -114,3 +114,127 @@ def test_token_windows_of_a_novel_are_its_whole_tokenization_cut(default_model, 
     whole = tokenizer(text, add_special_tokens=False).input_ids
     windows = evaluate.token_windows(tokenizer, text, max_tokens=max_tokens, window=1024)
     assert torch.cat(windows).tolist() == whole[:max_tokens]
+
+
+# --- KL divergence (chapter 10) ---------------------------------------------------------------
+
+
+def _perturbed(model, scale=0.05, seed=1):
+    """A copy of ``model`` with noise added to every weight: a stand-in for a quantized model."""
+    import copy
+
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(scale * p.std() * torch.randn(p.shape, generator=g))
+    return other
+
+
+def independent_divergence(reference, model, tokenizer, text, max_tokens, window):
+    """KL(P_ref ‖ P_q) per token, same-top share, Δp and both perplexities, written out in
+    float64 from transformers' logits and its own loss, window by window."""
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[0]
+    ids = ids[:max_tokens]
+    kl, same, dp, nll_ref, nll_q, count = [], 0, 0.0, 0.0, 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), window):
+            chunk = ids[start : start + window].unsqueeze(0)
+            if chunk.shape[1] < 2:
+                continue
+            lp = torch.log_softmax(reference(chunk).logits[0, :-1].double(), dim=-1)
+            lq = torch.log_softmax(model(chunk).logits[0, :-1].double(), dim=-1)
+            kl.append((lp.exp() * (lp - lq)).sum(-1))
+            same += int((lp.argmax(-1) == lq.argmax(-1)).sum())
+            target = chunk[0, 1:]
+            rows = torch.arange(len(target))
+            dp += float((lq[rows, target].exp() - lp[rows, target].exp()).sum())
+            n = chunk.shape[1] - 1
+            nll_ref += reference(chunk, labels=chunk).loss.item() * n
+            nll_q += model(chunk, labels=chunk).loss.item() * n
+            count += n
+    values = torch.cat(kl)
+    return values, same / count, dp / count, math.exp(nll_q / count), math.exp(nll_ref / count)
+
+
+@pytest.mark.parametrize(("max_tokens", "window"), [(300, 64), (301, 100), (120, 1024)])
+def test_kl_divergence_equals_an_independent_computation(
+    tiny_model, char_tokenizer, max_tokens, window
+):
+    other = _perturbed(tiny_model, scale=0.5)
+    ours = evaluate.kl_divergence(
+        tiny_model, other, char_tokenizer, TEXT, max_tokens=max_tokens, window=window
+    )
+    values, same, dp, ppl_q, ppl_ref = independent_divergence(
+        tiny_model, other, char_tokenizer, TEXT, max_tokens, window
+    )
+    assert ours.n_tokens == values.numel()
+    # float32 log-softmax: about 1e-7 nats of rounding per token, beside float64 here
+    torch.testing.assert_close(ours.values, values, rtol=1e-4, atol=1e-6)
+    assert ours.mean == pytest.approx(float(values.mean()), rel=1e-4, abs=1e-7)
+    assert ours.median == pytest.approx(float(torch.quantile(values, 0.5)), rel=1e-4, abs=1e-7)
+    assert ours.p99 == pytest.approx(float(torch.quantile(values, 0.99)), rel=1e-4, abs=1e-7)
+    assert ours.top1_agreement == pytest.approx(same)
+    assert ours.delta_p == pytest.approx(dp, rel=1e-4, abs=1e-7)
+    # the two perplexities are transformers' own loss, and the ratio is theirs
+    assert ours.perplexity == pytest.approx(ppl_q, rel=1e-5)
+    assert ours.reference_perplexity == pytest.approx(ppl_ref, rel=1e-5)
+    assert ours.perplexity_ratio == pytest.approx(ppl_q / ppl_ref, rel=1e-5)
+    assert ours.mean > 1e-3  # the noise is felt
+
+
+def test_kl_divergence_of_a_model_from_itself_is_zero(tiny_llama, char_tokenizer):
+    same = evaluate.kl_divergence(tiny_llama, tiny_llama, char_tokenizer, TEXT, max_tokens=200)
+    assert same.mean == pytest.approx(0, abs=1e-6) and same.p99 == pytest.approx(0, abs=1e-6)
+    assert same.top1_agreement == 1 and same.delta_p == 0 and same.perplexity_ratio == 1
+
+
+@pytest.mark.parametrize("scale", [0.02, 0.2])
+def test_kl_divergence_is_nonnegative_and_grows_with_the_damage(tiny_llama, char_tokenizer, scale):
+    small = evaluate.kl_divergence(
+        tiny_llama, _perturbed(tiny_llama, scale), char_tokenizer, TEXT, max_tokens=200
+    )
+    large = evaluate.kl_divergence(
+        tiny_llama, _perturbed(tiny_llama, 2 * scale), char_tokenizer, TEXT, max_tokens=200
+    )
+    assert float(small.values.min()) >= -1e-6
+    assert small.median <= small.p99
+    assert small.mean < large.mean
+
+
+def test_kl_divergence_bad_input(tiny_llama, tiny_gpt2, char_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with pytest.raises(TypeError, match="reference"):
+        evaluate.kl_divergence("model", tiny_llama, char_tokenizer, TEXT)
+    with pytest.raises(TypeError, match="model"):
+        evaluate.kl_divergence(tiny_llama, None, char_tokenizer, TEXT)
+    bigger = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=tiny_llama.config.vocab_size + 5,
+        )
+    )
+    with pytest.raises(ValueError, match="model: expected the reference's vocabulary"):
+        evaluate.kl_divergence(tiny_llama, bigger, char_tokenizer, TEXT)
+    with pytest.raises(ValueError, match="tokenizer: expected at most"):
+        evaluate.kl_divergence(bigger, bigger, _WiderTokenizer(char_tokenizer, 100), TEXT)
+    with pytest.raises(ValueError, match="text"):
+        evaluate.kl_divergence(tiny_llama, tiny_gpt2, char_tokenizer, "")
+
+
+class _WiderTokenizer:
+    """The character tokenizer, claiming a vocabulary ``extra`` tokens larger than it has."""
+
+    def __init__(self, tokenizer, extra):
+        self.tokenizer, self.extra = tokenizer, extra
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def __len__(self):
+        return len(self.tokenizer) + self.extra
