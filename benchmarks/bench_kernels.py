@@ -4,7 +4,7 @@ run; then the whole default model's decoding speed per kind, and the share of th
 Layers: the default model's four shapes at 1 token (batch-1 decoding) and 512 tokens (a
 prompt: prefill). Columns:
 
-- ``FP32`` / ``BF16``: ``F.linear`` with the float weight (the model as chapters 02–09 run it);
+- ``FP32`` / ``BF16``: ``F.linear`` with the float weight (as chapters 02–08 run the model);
 - ``deq+mm``: what a fake-quantized layer does when it keeps only int4 codes: dequantize the
   codes to float32 on every call, then ``F.linear`` (the INT4 paper's "dequantization cost");
 - ``int8`` / ``int4``: ``Int8WeightOnlyLinear`` / ``Int4WeightOnlyLinear`` in bfloat16, their
@@ -14,10 +14,11 @@ prompt: prefill). Columns:
 Whole model (``--model``, about 2 minutes): greedy decoding of 64 new tokens after a 16-token
 prompt (KV cache, batch 1) and one 512-token prefill, for FP32, BF16 (``model.to(bfloat16)``)
 and each kernel kind; the LM head (tied to the embedding) stays as it was in every kind. The
-roofline: a copy of a 1 GiB tensor measures this machine's memory bandwidth B (bytes read +
-written per second); decoding one token reads every weight once, so tokens/s ≤ B / bytes of
-weights read. The share of that limit each kind reaches is printed. Caches: a CPU whose last
-level cache holds most of the weights (480 MiB on some Xeons) can beat the DRAM roofline.
+roofline (``qlearn.roofline``): a copy of a 1 GiB tensor measures this machine's memory
+bandwidth B (bytes read + written per second); decoding one token reads every weight once, so
+tokens/s ≤ B / bytes of weights read. The share of that limit each kind reaches is printed.
+Caches: a CPU whose last level cache holds most of the weights (480 MiB on some Xeons) can beat
+the DRAM roofline.
 
 Run alone: two cores are easily saturated and any other job changes every figure. Run with
 qlearn installed (`make bench`) or from the repository root as
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from _timing import time_call
 from torch import nn
 
-from qlearn import kernels
+from qlearn import kernels, roofline
 
 SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576)]
 TOKENS = [1, 512]
@@ -113,47 +114,6 @@ def _unpacked(layer: kernels.Int4WeightOnlyLinear) -> tuple[torch.Tensor, ...]:
     return codes, scale, zero
 
 
-def bandwidth(n_bytes: int = 1 << 30) -> float:
-    """Bytes per second of ``dst.copy_(src)`` on ``n_bytes`` (each byte read once, written once)."""
-    src = torch.ones(n_bytes // 4)
-    dst = torch.empty_like(src)
-    seconds = time_call(lambda: dst.copy_(src), 5)
-    return 2 * n_bytes / seconds
-
-
-def weight_bytes_read(model: nn.Module) -> int:
-    """Bytes of the tensors a decoding step reads in full: every parameter and buffer but the
-    embedding table, of which it reads one row (the tied LM head reads it all: counted once)."""
-    embedding = model.get_input_embeddings().weight
-    seen, total = set(), 0
-    for tensor in [*model.parameters(), *model.buffers()]:
-        key = tensor.untyped_storage().data_ptr()
-        if key in seen:
-            continue
-        seen.add(key)
-        total += tensor.numel() * tensor.element_size()
-    if model.get_output_embeddings() is None or (
-        model.get_output_embeddings().weight.data_ptr() != embedding.data_ptr()
-    ):
-        total -= embedding.numel() * embedding.element_size()  # untied: a lookup only
-    return total
-
-
-def decode_seconds_per_token(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
-    """Median seconds per new token of greedy decoding with the KV cache (batch 1)."""
-
-    def run() -> None:
-        model.generate(
-            prompt,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=0,
-        )
-
-    return time_call(run, 3, stat="median") / new_tokens
-
-
 def model_table() -> None:
     from qlearn import data, models
 
@@ -161,7 +121,7 @@ def model_table() -> None:
     text = data.load_text("pride_and_prejudice")
     ids = tokenizer(text[:20000], return_tensors="pt", add_special_tokens=False).input_ids
     prompt, prefill = ids[:, :16], ids[:, :512]
-    bw = bandwidth()
+    bw = roofline.measure_bandwidth(1 << 30)
     print(f"\nmemory bandwidth (copy of 1 GiB): {bw / 1e9:.1f} GB/s")
     variants = {"FP32": model, "BF16": _bf16_copy(model)}
     for kind in kernels.KINDS:
@@ -173,9 +133,9 @@ def model_table() -> None:
     base_decode = base_prefill = None
     with torch.inference_mode():
         for name, variant in variants.items():
-            per_token = decode_seconds_per_token(variant, prompt, 64)
+            per_token = roofline.decode_seconds_per_token(variant, prompt, new_tokens=64)
             prefill_s = time_call(lambda v=variant: v(prefill), 3, stat="median")
-            read = weight_bytes_read(variant)
+            read = roofline.weight_bytes_read(variant)
             limit = bw / read
             base_decode = base_decode or per_token
             base_prefill = base_prefill or prefill_s

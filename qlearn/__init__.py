@@ -15,6 +15,10 @@ One module per concept, in course order:
 - :mod:`qlearn.nf4`      — NF4 and FP4 with double quantization (bitsandbytes). Chapter 08.
 - :mod:`qlearn.kernels`  — real low-bit linears on the CPU: weight-only int8, W8A8 with int32
   sums, weight-only int4 (tinygemm). Chapter 10.
+- :mod:`qlearn.roofline` — what a decoded token costs: bytes read, bandwidth, the roofline,
+  arithmetic intensity, KV-cache bytes, a process's memory. Chapter 10.
+- :mod:`qlearn.offload`  — models bigger than memory: accelerate-offloaded layers loaded one at
+  a time for GPTQ and AWQ. Chapter 10.
 - :mod:`qlearn.models`   — the default model, walking linear layers, footprint.
 - :mod:`qlearn.evaluate` — perplexity, KL divergence from the original, greedy generation.
 - :mod:`qlearn.plot`     — weight histograms and the course's other figures.

@@ -4,7 +4,7 @@ One protocol for every result class (``affine.QuantizedTensor``, ``int8.Vectorwi
 ``int8.Int8Linear``, ``gptq.QuantizedWeight``, ``awq.GroupQuantized``, ``nf4.Quantized4bit``,
 ``bitnet.BitNetQuantized``, a GGUF tensor): the capstone's table adds these up and nothing else,
 so "bits per weight" always means the bytes a result stores, counted by the result itself.
-Taught in notebooks/09_capstone.ipynb.
+Taught in notebooks/13_capstone.ipynb.
 """
 
 from __future__ import annotations

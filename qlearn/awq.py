@@ -65,6 +65,7 @@ from qlearn._layers import (
 from qlearn._progress import progress_bar
 from qlearn.data import token_batches
 from qlearn.models import decoder_layers, linear_layers
+from qlearn.offload import onloaded, require_in_memory
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -120,12 +121,12 @@ class GroupQuantized:
     def nbytes(self) -> float:
         """The bytes an AWQ checkpoint stores for this weight: the codes packed at ``bits``
         bits, and per row and group one fp16 scale and one ``bits``-bit zero point.
-        Taught in notebooks/09_capstone.ipynb."""
+        Taught in notebooks/13_capstone.ipynb."""
         rows, columns = self.codes.shape
         return _group_bytes(rows, columns, self.bits, self.group_size)
 
     def bits_per_weight(self) -> float:
-        """8 · :meth:`nbytes` over the number of weights. Taught in notebooks/09_capstone.ipynb."""
+        """8 · :meth:`nbytes` over the number of weights. Taught in notebooks/13_capstone.ipynb."""
         return _quantized.bits_per_weight(self.nbytes(), self.codes.numel())
 
 
@@ -244,7 +245,7 @@ class AWQReport:
     def nbytes(self) -> float:
         """The bytes of every quantized layer: the sum of each :class:`GroupQuantized`'s
         ``nbytes()`` (codes packed, fp16 scales, zero points). Embeddings, norms and the LM
-        head, which AWQ keeps, are not counted. Taught in notebooks/09_capstone.ipynb."""
+        head, which AWQ keeps, are not counted. Taught in notebooks/13_capstone.ipynb."""
         return sum(row.stored_bytes for row in self.layers)
 
     def bits_per_weight(self) -> float:
@@ -571,6 +572,7 @@ def quantize_model(
     same tensors (the folded norms too) and the same report, ``seconds`` included.
     """
     check_module(model)
+    require_in_memory(model, "quantize it in place, layer by layer, with awq.quantize_model_")
     cache = check_bool(cache, "cache")
     if not cache:
         return quantize_model_(copy.deepcopy(model), calibration_texts, tokenizer, **options)
@@ -639,49 +641,50 @@ def quantize_model_(
                 list(zip(blocks, plans, strict=True)), desc=f"AWQ {bits}-bit", progress=progress
             )
         ):
-            where = f"{prefix}.{index}"
-            linears = linears_of(block)
-            watched = {inspect for _, _, inspect in plan}
-            feats, calls, outputs = _run_block(block, linears, watched, inputs, extras)
-            for prev_name, layer_names, inspect in plan:
-                layers = [block.get_submodule(n) for n in layer_names]
-                xs = [args[0] for args, _ in calls[inspect]]
-                found = search_scale(
-                    block.get_submodule(inspect),
-                    layers,
-                    xs,
-                    kwargs=[kw for _, kw in calls[inspect]],
-                    bits=bits,
-                    group_size=group_size,
-                    alphas=alphas,
-                )
-                fold_scales_(block.get_submodule(prev_name), layers, found.scales)
-                for n in layer_names:  # the inputs the clip search sees are now x / s
-                    feats[n] = feats[n] / found.scales
-                reports.append(
-                    ScaleReport(
-                        name=f"{where}.{inspect}",
-                        prev=f"{where}.{prev_name}",
-                        layers=tuple(f"{where}.{n}" for n in layer_names),
-                        alpha=found.alpha,
-                        alphas=tuple(alphas),
-                        errors=tuple(found.errors.tolist()),
+            with onloaded(block):  # an offloaded layer: its weights, for this layer only
+                where = f"{prefix}.{index}"
+                linears = linears_of(block)
+                watched = {inspect for _, _, inspect in plan}
+                feats, calls, outputs = _run_block(block, linears, watched, inputs, extras)
+                for prev_name, layer_names, inspect in plan:
+                    layers = [block.get_submodule(n) for n in layer_names]
+                    xs = [args[0] for args, _ in calls[inspect]]
+                    found = search_scale(
+                        block.get_submodule(inspect),
+                        layers,
+                        xs,
+                        kwargs=[kw for _, kw in calls[inspect]],
+                        bits=bits,
+                        group_size=group_size,
+                        alphas=alphas,
                     )
-                )
-            for name, layer in linears:
-                weight = weight_of(layer).detach()
-                if clip and not any(key in name for key in _SKIP_CLIP):
-                    max_val = search_clip(weight, feats[name], bits=bits, group_size=group_size)
-                    weight = clip_weight(weight, max_val, group_size=group_size)
-                    clipped.append(f"{where}.{name}")
-                if quantize:
-                    weight = pseudo_quantize(weight, bits=bits, group_size=group_size)
-                    rows, columns = weight.shape
-                    size = _group_bytes(rows, columns, bits, _group_size(group_size, columns))
-                    stored.append(LayerReport(f"{where}.{name}", (rows, columns), size))
-                set_weight_(layer, weight)
-            del feats, calls
-            inputs = outputs
+                    fold_scales_(block.get_submodule(prev_name), layers, found.scales)
+                    for n in layer_names:  # the inputs the clip search sees are now x / s
+                        feats[n] = feats[n] / found.scales
+                    reports.append(
+                        ScaleReport(
+                            name=f"{where}.{inspect}",
+                            prev=f"{where}.{prev_name}",
+                            layers=tuple(f"{where}.{n}" for n in layer_names),
+                            alpha=found.alpha,
+                            alphas=tuple(alphas),
+                            errors=tuple(found.errors.tolist()),
+                        )
+                    )
+                for name, layer in linears:
+                    weight = weight_of(layer).detach()
+                    if clip and not any(key in name for key in _SKIP_CLIP):
+                        max_val = search_clip(weight, feats[name], bits=bits, group_size=group_size)
+                        weight = clip_weight(weight, max_val, group_size=group_size)
+                        clipped.append(f"{where}.{name}")
+                    if quantize:
+                        weight = pseudo_quantize(weight, bits=bits, group_size=group_size)
+                        rows, columns = weight.shape
+                        size = _group_bytes(rows, columns, bits, _group_size(group_size, columns))
+                        stored.append(LayerReport(f"{where}.{name}", (rows, columns), size))
+                    set_weight_(layer, weight)
+                del feats, calls
+                inputs = outputs
     report = AWQReport(
         scales=reports,
         clipped=clipped,

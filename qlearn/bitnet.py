@@ -115,7 +115,7 @@ class BitNetQuantized:
         - binary: one bit per code, ``ceil(n / 8)`` bytes, plus 4 for β (Wang et al. 2023);
         - int8 activations: one byte per code plus 4 per token scale.
 
-        Taught in notebooks/07_qat_bitnet.ipynb and notebooks/09_capstone.ipynb.
+        Taught in notebooks/07_qat_bitnet.ipynb and notebooks/13_capstone.ipynb.
         """
         if self.kind == TERNARY:
             shape = self.codes.shape or (1,)
@@ -255,7 +255,7 @@ class BitLinear(nn.Linear):
 def quantize_model(model: nn.Module) -> nn.Module:
     """Return a copy of ``model`` whose decoder linear weights are replaced by their BitNet b1.58
     ternary round trip; ``model`` is left untouched. See :func:`quantize_model_`. Ma et al.
-    2024, eq. 1–3. Taught in notebooks/07_qat_bitnet.ipynb and notebooks/09_capstone.ipynb."""
+    2024, eq. 1–3. Taught in notebooks/07_qat_bitnet.ipynb and notebooks/13_capstone.ipynb."""
     check_module(model)
     return quantize_model_(copy.deepcopy(model))
 
@@ -269,7 +269,7 @@ def quantize_model_(model: nn.Module) -> nn.Module:
     as here, it shows what 1.58 bits cost a model that never learnt them). Layers are those of
     ``qlearn.models.linear_layers``, each weight seen as [out, in]; embeddings, norms and the LM
     head are kept. Ma et al. 2024, eq. 1–3. Taught in notebooks/07_qat_bitnet.ipynb and
-    notebooks/09_capstone.ipynb.
+    notebooks/13_capstone.ipynb.
     """
     from qlearn.models import linear_layers
 

@@ -24,7 +24,9 @@ from qlearn._progress import progress_bar
 
 __all__ = [
     "Divergence",
+    "KLBaseline",
     "generate",
+    "kl_baseline",
     "kl_divergence",
     "kl_per_token",
     "perplexity",
@@ -127,8 +129,53 @@ class Divergence:
         return self.perplexity / self.reference_perplexity
 
 
-def kl_divergence(
+@dataclass(frozen=True, eq=False)
+class KLBaseline:
+    """A reference model's next-token log-probabilities on the windows of one text, computed
+    once to compare any number of models against it (llama.cpp's ``--kl-divergence-base`` file;
+    here float32, in memory: 4 · vocabulary bytes per token, 197 kB for the course's model).
+    ``windows``: the token ids of each window; ``log_probs``: float32 [len − 1, vocab] for
+    each; ``vocab_size``: the reference's. Made by :func:`kl_baseline`; chapter 10.
+    """
+
+    windows: list[torch.Tensor]
+    log_probs: list[torch.Tensor]
+    vocab_size: int | None
+
+    @property
+    def n_tokens(self) -> int:
+        """The number of predicted tokens: every position after the first of each window."""
+        return sum(lp.shape[0] for lp in self.log_probs)
+
+
+def kl_baseline(
     reference: nn.Module,
+    tokenizer: object,
+    text: str,
+    *,
+    max_tokens: int = 2048,
+    window: int = 1024,
+    progress: bool | None = None,
+) -> KLBaseline:
+    """The log-probabilities of ``reference`` on the windows :func:`kl_divergence` reads.
+
+    Pass the result as ``kl_divergence``'s ``reference`` to compare many models with one
+    reference pass (as ``llama-perplexity --kl-divergence-base`` stores them once): the figures
+    are those of passing the reference model itself. Chapter 10 (what quantization buys).
+    """
+    check_module(reference, "reference")
+    windows = token_windows(tokenizer, text, max_tokens=max_tokens, window=window)
+    _check_same_vocabulary(reference, reference, tokenizer)
+    with torch.inference_mode():
+        log_probs = [
+            _log_probs(reference, ids).cpu()
+            for ids in progress_bar(windows, desc="KL baseline", progress=progress)
+        ]
+    return KLBaseline(windows, log_probs, getattr(reference.config, "vocab_size", None))
+
+
+def kl_divergence(
+    reference: nn.Module | KLBaseline,
     model: nn.Module,
     tokenizer: object,
     text: str,
@@ -152,18 +199,25 @@ def kl_divergence(
     log-probabilities in 16 bits, and prints Δp in percent; here every position after the
     first of a window counts and everything is float32 log-softmax, summed in float64.
     ``tokenizer`` is the one both models read; they must share its vocabulary (a
-    ``ValueError`` otherwise). Chapter 10 (what quantization buys).
+    ``ValueError`` otherwise). ``reference`` may also be a :class:`KLBaseline` of the same
+    text, tokens and windows (:func:`kl_baseline`): its stored log-probabilities stand for the
+    reference model's, and only ``model`` runs. Chapter 10 (what quantization buys).
     """
-    check_module(reference, "reference")
     check_module(model, "model")
     windows = token_windows(tokenizer, text, max_tokens=max_tokens, window=window)
-    _check_same_vocabulary(reference, model, tokenizer)
+    if isinstance(reference, KLBaseline):
+        _check_baseline(reference, windows)
+        stored = reference.log_probs
+    else:
+        check_module(reference, "reference")
+        _check_same_vocabulary(reference, model, tokenizer)
+        stored = None
     per_token: list[torch.Tensor] = []
     same_top = delta_p = nll = nll_ref = 0.0
     with torch.inference_mode():
-        for ids in progress_bar(windows, desc="KL divergence", progress=progress):
-            log_p = _log_probs(reference, ids)
+        for i, ids in enumerate(progress_bar(windows, desc="KL divergence", progress=progress)):
             log_q = _log_probs(model, ids)
+            log_p = _log_probs(reference, ids) if stored is None else stored[i].to(log_q.device)
             if log_q.shape != log_p.shape:
                 raise ValueError(
                     f"model: expected logits over the reference's {log_p.shape[-1]} tokens, "
@@ -217,6 +271,20 @@ def _log_probs(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """log-softmax of the model's logits at every position but the last, float32 [n − 1, vocab]."""
     logits = model(ids.to(model_device(model)).unsqueeze(0)).logits[0, :-1]
     return F.log_softmax(logits.float(), dim=-1)
+
+
+def _check_baseline(baseline: KLBaseline, windows: list[torch.Tensor]) -> None:
+    """The baseline was made on these very windows (same tokens, same cuts)."""
+    same = len(baseline.windows) == len(windows) and all(
+        torch.equal(a, b) for a, b in zip(baseline.windows, windows, strict=False)
+    )
+    if not same:
+        raise ValueError(
+            f"reference: expected a KLBaseline of these {sum(w.numel() for w in windows)} tokens "
+            f"in {len(windows)} windows, got one of {sum(w.numel() for w in baseline.windows)} "
+            f"in {len(baseline.windows)}: make it with kl_baseline on the same text, max_tokens "
+            "and window"
+        )
 
 
 def _check_same_vocabulary(reference: nn.Module, model: nn.Module, tokenizer: object) -> None:

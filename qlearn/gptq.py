@@ -68,6 +68,7 @@ from qlearn._layers import (
 )
 from qlearn._progress import progress_bar
 from qlearn.models import decoder_layers, linear_layers
+from qlearn.offload import onloaded, require_in_memory
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -145,7 +146,7 @@ class QuantizedWeight:
         scale and one ``bits``-bit zero point; and ``g_idx`` (int32, one per input column) only
         where a column's group cannot be told from its position: act-order with groups refitted
         as the columns go (static groups and one group per row need no index).
-        Taught in notebooks/09_capstone.ipynb.
+        Taught in notebooks/13_capstone.ipynb.
         """
         rows, columns = self.codes.shape
         stored = rows * columns * self.bits / 8 + self.scale.numel() * (2 + self.bits / 8)
@@ -156,7 +157,7 @@ class QuantizedWeight:
         return stored
 
     def bits_per_weight(self) -> float:
-        """8 · :meth:`nbytes` over the number of weights. Taught in notebooks/09_capstone.ipynb."""
+        """8 · :meth:`nbytes` over the number of weights. Taught in notebooks/13_capstone.ipynb."""
         return _quantized.bits_per_weight(self.nbytes(), self.codes.numel())
 
 
@@ -576,7 +577,7 @@ class GPTQReport:
         """The bytes of every quantized layer: the sum of each :class:`QuantizedWeight`'s
         ``nbytes()`` (codes packed, fp16 scales, zero points, g_idx where act-order needs it).
         Embeddings, norms and the LM head, which GPTQ keeps, are not counted.
-        Taught in notebooks/09_capstone.ipynb."""
+        Taught in notebooks/13_capstone.ipynb."""
         return sum(row.stored_bytes for row in self.layers)
 
     def bits_per_weight(self) -> float:
@@ -623,6 +624,7 @@ def quantize_model(
     same tensors and the same report, ``seconds`` included (the time it took then).
     """
     check_module(model)
+    require_in_memory(model, "quantize it in place, layer by layer, with gptq.quantize_model_")
     cache = check_bool(cache, "cache")
     if not cache:
         return quantize_model_(copy.deepcopy(model), calibration_texts, tokenizer, **options)
@@ -711,52 +713,55 @@ def quantize_model_(
             for index, block in enumerate(
                 progress_bar(blocks, desc=f"GPTQ {bits}-bit", total=len(blocks), progress=progress)
             ):
-                linears = dict(linears_of(block))
-                found: dict[str, LayerReport] = {}
-                # Layers fed the same input (q, k, v; gate, up) share H: GPTQ runs once on
-                # their stacked rows, which gives each the same weights as alone (rows are
-                # independent) with a third of the column steps.
-                for names, H in _block_hessians(block, list(linears.items()), inputs, extra_args):
-                    Ws = [weight_of(linears[name]).detach() for name in names]
-                    tick = time.perf_counter()
-                    result = gptq_quantize(
-                        torch.cat(Ws) if len(Ws) > 1 else Ws[0],
-                        H,
-                        bits=bits,
-                        group_size=group_size,
-                        sym=sym,
-                        act_order=act_order,
-                        static_groups=static_groups,
-                        block_size=block_size,
-                        percdamp=percdamp,
-                    )
-                    seconds = time.perf_counter() - tick
-                    gptq_seconds += seconds
-                    start = 0
-                    for name, W in zip(names, Ws, strict=True):
-                        rows_of_W = slice(start, start + W.shape[0])
-                        start += W.shape[0]
-                        own = _rows(result, rows_of_W)  # this layer's part of the result
-                        Q = own.weight
-                        rtn_error = gptq_error = None
-                        if layer_errors:
-                            rtn = rtn_quantize(W, bits=bits, group_size=group_size, sym=sym)
-                            rtn_error, gptq_error = _errors(W, (rtn.weight, Q), H)
-                        found[name] = LayerReport(
-                            name=f"{prefix}.{index}.{name}",
-                            shape=(W.shape[0], W.shape[1]),
-                            rtn_error=rtn_error,
-                            gptq_error=gptq_error,
-                            loss=float(own.losses.sum()),
-                            seconds=seconds,
-                            stored_bytes=own.nbytes(),
+                with onloaded(block):  # an offloaded layer: its weights, for this layer only
+                    linears = dict(linears_of(block))
+                    found: dict[str, LayerReport] = {}
+                    # Layers fed the same input (q, k, v; gate, up) share H: GPTQ runs once on
+                    # their stacked rows, which gives each the same weights as alone (rows are
+                    # independent) with a third of the column steps.
+                    for names, H in _block_hessians(
+                        block, list(linears.items()), inputs, extra_args
+                    ):
+                        Ws = [weight_of(linears[name]).detach() for name in names]
+                        tick = time.perf_counter()
+                        result = gptq_quantize(
+                            torch.cat(Ws) if len(Ws) > 1 else Ws[0],
+                            H,
+                            bits=bits,
+                            group_size=group_size,
+                            sym=sym,
+                            act_order=act_order,
+                            static_groups=static_groups,
+                            block_size=block_size,
+                            percdamp=percdamp,
                         )
-                        set_weight_(linears[name], Q)
-                rows.extend(found[name] for name in linears)  # in model order
-                inputs = [
-                    main_output(block(x, *args, **kwargs))
-                    for x, (args, kwargs) in zip(inputs, extra_args, strict=True)
-                ]
+                        seconds = time.perf_counter() - tick
+                        gptq_seconds += seconds
+                        start = 0
+                        for name, W in zip(names, Ws, strict=True):
+                            rows_of_W = slice(start, start + W.shape[0])
+                            start += W.shape[0]
+                            own = _rows(result, rows_of_W)  # this layer's part of the result
+                            Q = own.weight
+                            rtn_error = gptq_error = None
+                            if layer_errors:
+                                rtn = rtn_quantize(W, bits=bits, group_size=group_size, sym=sym)
+                                rtn_error, gptq_error = _errors(W, (rtn.weight, Q), H)
+                            found[name] = LayerReport(
+                                name=f"{prefix}.{index}.{name}",
+                                shape=(W.shape[0], W.shape[1]),
+                                rtn_error=rtn_error,
+                                gptq_error=gptq_error,
+                                loss=float(own.losses.sum()),
+                                seconds=seconds,
+                                stored_bytes=own.nbytes(),
+                            )
+                            set_weight_(linears[name], Q)
+                    rows.extend(found[name] for name in linears)  # in model order
+                    inputs = [
+                        main_output(block(x, *args, **kwargs))
+                        for x, (args, kwargs) in zip(inputs, extra_args, strict=True)
+                    ]
     finally:
         quantized.train(was_training)
     n_tokens = sum(batch.numel() for batch in batches)

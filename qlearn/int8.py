@@ -323,7 +323,7 @@ class Int8Linear(nn.Module):
     def nbytes(self) -> int:
         """Bytes of the quantized weight: one per int8 code, 4 per float32 row absmax (the bias
         is kept as it was and not counted). Dettmers et al. 2022, §3.1. Taught in
-        notebooks/09_capstone.ipynb."""
+        notebooks/13_capstone.ipynb."""
         return self.weight_codes.numel() + 4 * self.weight_absmax.numel()
 
     def bits_per_weight(self) -> float:

@@ -1,7 +1,7 @@
 """Real low-bit linear layers on the CPU: weights stored as int8 or int4 codes, and multiplied
 by torch's own low-bit kernels instead of being dequantized to float first.
 
-Chapters 02–09 *fake*-quantize: the codes are turned back into float32 weights and the model
+Chapters 02–08 *fake*-quantize: the codes are turned back into float32 weights and the model
 runs as before, which shows what quantization costs but not what it buys. The layers here keep
 only the codes and their scales, so the model takes less memory, and each forward reads fewer
 bytes of weights, which is what makes batch-1 decoding faster (it is memory-bound):
@@ -36,6 +36,7 @@ Chapter 10 (what quantization buys).
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Mapping
 from typing import Final
 
@@ -53,6 +54,7 @@ from qlearn._checks import (
 )
 from qlearn._layers import is_linear, weight_of
 from qlearn.models import linear_layers
+from qlearn.offload import require_in_memory
 
 __all__ = [
     "COMPUTE_DTYPES",
@@ -61,6 +63,7 @@ __all__ = [
     "Int4WeightOnlyLinear",
     "Int8WeightOnlyLinear",
     "W8A8Linear",
+    "int_mm_is_exact",
     "quantize_model",
     "quantize_model_",
 ]
@@ -171,10 +174,11 @@ class W8A8Linear(_KernelLinear):
     For each input row (token) x: s_x = max|x| / 127, q_x = round(x / s_x) (half to even) in
     [−127, 127]; y = (q_x · codesᵀ) ⊙ (s_x ⊗ s_w) + bias, where the int8 × int8 product is
     ``torch._int_mm``'s int32 sum (exact: |sum| ≤ in · 127² < 2³¹). Buffers: ``codes`` (int8
-    [out, in]), ``scales`` (float32 [out]), ``bias``. One outlier in a token spoils that token's
-    scale: chapter 04 shows it and chapter 11 moves the outliers away. Dettmers et al. 2022,
-    eq. 6 (vector-wise, without the outlier columns); Xiao et al. 2023 (W8A8, per-token
-    dynamic). Chapter 10 (what quantization buys).
+    [out, in]), ``scales`` (float32 [out]), ``bias``. Where ``torch._int_mm`` is not exact (CPUs
+    without VNNI: :func:`int_mm_is_exact`), the codes are summed in float64, exact as well. One
+    outlier in a token spoils that token's scale: chapter 04 shows it and chapter 11 moves the
+    outliers away. Dettmers et al. 2022, eq. 6 (vector-wise, without the outlier columns); Xiao
+    et al. 2023 (W8A8, per-token dynamic). Chapter 10 (what quantization buys).
     """
 
     codes: torch.Tensor
@@ -219,8 +223,11 @@ class W8A8Linear(_KernelLinear):
             x_codes, x_scales = self.quantize_input(x)
             # x_codes is row-major (_rows copies it so): _int_mm reads leading dimensions
             # from the strides, arbitrary on a size-1 dimension (pytorch/pytorch#195066).
-            acc = torch._int_mm(x_codes, self.codes.T)
-            y = acc.float() * (x_scales[:, None] * self.scales[None, :])
+            if int_mm_is_exact():
+                acc = torch._int_mm(x_codes, self.codes.T).float()
+            else:  # exact too: every sum is an integer below 2^53
+                acc = (x_codes.double() @ self.codes.T.double()).float()
+            y = acc * (x_scales[:, None] * self.scales[None, :])
         return self._finish(y, x)
 
     def extra_repr(self) -> str:
@@ -344,6 +351,23 @@ class Int4WeightOnlyLinear(_KernelLinear):
         return _repr(self, f"group_size={self.group_size}, compute_dtype={self.compute_dtype}")
 
 
+@functools.cache
+def int_mm_is_exact() -> bool:
+    """Whether ``torch._int_mm`` sums int8 × int8 exactly on this CPU, as it must.
+
+    On a CPU without VNNI instructions (AVX2 only, or oneDNN held to AVX2 with
+    ``ONEDNN_MAX_CPU_ISA=AVX2``) oneDNN multiplies u8 × s8 pairs with ``vpmaddubsw``, whose 16-bit
+    sums saturate: products of full-range codes come back off by thousands. Checked once per
+    process on codes of the full range; :class:`W8A8Linear` then sums in float64 instead (exact:
+    every sum is an integer far below 2⁵³). Found by chapter 10's second nbval pass.
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (8, 256), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (256, 32), generator=g, dtype=torch.int8)
+    a[0], b[:, 0] = 127, -127  # the largest pair sums
+    return torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+
+
 def quantize_model(
     model: nn.Module,
     *,
@@ -387,6 +411,7 @@ def quantize_model_(
     Chapter 10 (what quantization buys).
     """
     check_module(model)
+    require_in_memory(model, "load it into memory first (the kernel layers hold their codes)")
     kind = check_choice(kind, "kind", KINDS)
     _check_compute_dtype(compute_dtype)
     if quantized is not None and kind != "int4":

@@ -1,7 +1,7 @@
 """Reuse what an earlier notebook computed: results kept on disk, keyed by all that decides them.
 
 The chapters measure the same things more than once: every one evaluates the FP32 model, and the
-capstone (chapter 09) evaluates again the models that chapters 01–08 built, and reruns chapter
+capstone (13, the last) evaluates again the models that chapters 01–08 built, and reruns chapter
 08's GPTQ and AWQ with the same settings. On one machine such a result is a pure function of its
 inputs: the model's tensors, the tokens, the settings, the code of qlearn, torch and
 transformers, and the CPU kernels torch picks (``torch.backends.cpu.get_cpu_capability()``,

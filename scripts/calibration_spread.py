@@ -3,8 +3,8 @@
 The notebooks compare GPTQ and AWQ with each other and with methods that need no calibration
 (RTN, NF4). Their perplexities move with the random windows they calibrate on, and a claim that
 orders two of them holds only if it holds for every seed (docs/design.md, "What nbval
-compares"). This script quantizes the default model as chapters 05, 08 and 09 do — 8 windows of
-*Emma* (128 tokens each by default, as in 08 and 09), every decoder linear at 4 bits with groups
+compares"). This script quantizes the default model as chapters 05, 08 and 13 do — 8 windows of
+*Emma* (128 tokens each by default, as in 08 and 13), every decoder linear at 4 bits with groups
 of 128 — once per seed, and prints each method's perplexity on the first 2048 tokens of *Pride
 and Prejudice*, then the smallest and largest over the seeds.
 

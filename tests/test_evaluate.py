@@ -238,3 +238,51 @@ class _WiderTokenizer:
 
     def __len__(self):
         return len(self.tokenizer) + self.extra
+
+
+def test_kl_per_token_equals_the_definition_in_float64():
+    g = torch.Generator().manual_seed(3)
+    p, q = torch.randn(5, 40, generator=g) * 4, torch.randn(5, 40, generator=g) * 4
+    log_p, log_q = torch.log_softmax(p.double(), -1), torch.log_softmax(q.double(), -1)
+    expected = (log_p.exp() * (log_p - log_q)).sum(-1)
+    got = evaluate.kl_per_token(p, q)
+    assert got.dtype == torch.float64 and got.shape == (5,)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    assert torch.equal(evaluate.kl_per_token(p, p), torch.zeros(5, dtype=torch.float64))
+    assert evaluate.kl_per_token(p[0].bfloat16(), q[0]).shape == ()
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        ((torch.zeros(2, 3), torch.zeros(2, 4)), ValueError, "logits"),
+        ((torch.zeros(2, 3, 4), torch.zeros(2, 3, 4)), ValueError, "logits"),
+        (([0.0, 1.0], torch.zeros(2)), TypeError, "reference_logits"),
+        ((torch.zeros(2), torch.zeros(2, dtype=torch.long)), TypeError, "logits"),
+        ((torch.tensor([0.0, float("nan")]), torch.zeros(2)), ValueError, "reference_logits"),
+    ],
+)
+def test_kl_per_token_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        evaluate.kl_per_token(*args)
+
+
+def test_a_kl_baseline_gives_the_figures_of_the_reference_model(tiny_llama, char_tokenizer):
+    other = _perturbed(tiny_llama, scale=0.3)
+    kwargs = {"max_tokens": 150, "window": 64}
+    direct = evaluate.kl_divergence(tiny_llama, other, char_tokenizer, TEXT, **kwargs)
+    baseline = evaluate.kl_baseline(tiny_llama, char_tokenizer, TEXT, **kwargs)
+    assert baseline.n_tokens == direct.n_tokens == 150 - 3  # windows of 64, 64, 22
+    stored = evaluate.kl_divergence(baseline, other, char_tokenizer, TEXT, **kwargs)
+    assert torch.equal(stored.values, direct.values)
+    for field in ("top1_agreement", "delta_p", "perplexity", "reference_perplexity"):
+        assert getattr(stored, field) == getattr(direct, field)
+
+
+def test_a_kl_baseline_of_other_tokens_is_refused(tiny_llama, char_tokenizer):
+    baseline = evaluate.kl_baseline(tiny_llama, char_tokenizer, TEXT, max_tokens=100, window=50)
+    for kwargs in ({"max_tokens": 120, "window": 50}, {"max_tokens": 100, "window": 40}):
+        with pytest.raises(ValueError, match="reference: expected a KLBaseline of these"):
+            evaluate.kl_divergence(baseline, tiny_llama, char_tokenizer, TEXT, **kwargs)
+    with pytest.raises(TypeError, match="reference"):
+        evaluate.kl_baseline("model", char_tokenizer, TEXT)

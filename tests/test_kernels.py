@@ -335,3 +335,25 @@ def test_quantize_model_bad_input(tiny_llama):
         kernels.quantize_model_(tiny_llama, kind="int4", group_size=128)
     assert all(type(m) is not kernels.Int4WeightOnlyLinear for m in tiny_llama.modules())
     assert all(torch.equal(a, b) for a, b in zip(before, tiny_llama.parameters(), strict=True))
+
+
+def test_int_mm_is_exact_tells_the_truth_and_w8a8_is_exact_either_way(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    a = torch.randint(-127, 128, (6, 512), generator=g, dtype=torch.int8)
+    b = torch.randint(-127, 128, (512, 24), generator=g, dtype=torch.int8)
+    int_mm_exact = torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long())
+    assert kernels.int_mm_is_exact() == int_mm_exact
+    codes = b.T.contiguous()
+    scales = torch.rand(24, generator=g) + 0.5
+    x = torch.randn(6, 512, generator=g)
+    x[:, 3] *= 50
+    layer = kernels.W8A8Linear(codes, scales)
+    x_codes, x_scales = layer.quantize_input(x)
+    exact = (
+        (x_codes.long() @ codes.long().T).double() * x_scales.double()[:, None] * scales.double()
+    )
+    for path in (True, False):  # torch._int_mm where it is exact, float64 sums where it is not
+        if path and not int_mm_exact:
+            continue  # this CPU's _int_mm saturates: the layer never takes that path here
+        monkeypatch.setattr(kernels, "int_mm_is_exact", lambda path=path: path)
+        torch.testing.assert_close(layer(x).double(), exact, rtol=1e-6, atol=1e-6)

@@ -1,6 +1,6 @@
 """The course's model for the exercises that run on it: loaded once per process, and what a
 seed draws from it (layers, windows of *Emma*, the inputs a layer receives on them). Chapters
-01–09 each pose at least one exercise on this model, not only on toy tensors."""
+01–08 each pose at least one exercise on this model, not only on toy tensors."""
 
 from __future__ import annotations
 

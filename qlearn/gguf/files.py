@@ -105,7 +105,7 @@ def quantize_tensors(model: Any, recipe: str | Mapping[str, str]) -> dict[str, G
     :func:`qlearn.models.linear_layers` yields, e.g. ``model.layers.0.mlp.down_proj``): its
     [out, in] weight in its type under ``recipe`` (:func:`recipe_types`), the bytes a GGUF
     file holds. Sum their ``nbytes()`` for the decoder's size; ``model`` is left untouched.
-    Taught in notebooks/09_capstone.ipynb.
+    Taught in notebooks/13_capstone.ipynb.
     """
     from qlearn.models import linear_layers
 

@@ -378,7 +378,7 @@ class GGUFTensor:
     returns), ``shape`` the values' shape. ``dequantize()`` gives the float32 values as a torch
     tensor (gguf-py's floats; :func:`dequantize` gives them as numpy), ``nbytes()`` the length of
     ``raw`` and ``bits_per_weight()`` 8 · that / the number of values (Q4_K: 4.5).
-    Taught in notebooks/09_capstone.ipynb.
+    Taught in notebooks/13_capstone.ipynb.
     """
 
     raw: np.ndarray
@@ -399,7 +399,7 @@ class GGUFTensor:
 
 def quantize_tensor(data: Any, qtype: str, *, threads: int | None = None) -> GGUFTensor:
     """``data`` (numpy or torch floats) stored as GGUF ``qtype``: :func:`quantize`'s bytes with
-    their type and shape, a :class:`qlearn.Quantized`. Taught in notebooks/09_capstone.ipynb."""
+    their type and shape, a :class:`qlearn.Quantized`. Taught in notebooks/13_capstone.ipynb."""
     raw = quantize(data, qtype, threads=threads)
     return GGUFTensor(raw, qtype, tuple(int(n) for n in data.shape))
 

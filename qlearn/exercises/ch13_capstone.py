@@ -1,5 +1,5 @@
-"""Chapter 09's exercises: the capstone, every method in one table, and its design task.
-Taught in notebooks/09_capstone.ipynb."""
+"""Chapter 13's exercises: the capstone, every method in one table, and its design task.
+Taught in notebooks/13_capstone.ipynb."""
 
 from __future__ import annotations
 
@@ -298,7 +298,7 @@ def measure_design(design: Any, *, seed: int = 0) -> DesignResult:
     """Run ``design(model, calibration)`` exactly as :func:`check_design` does and return what
     it measured: bits per weight from the stored bytes and the perplexity. Raises ValueError
     saying what is wrong with a design the check would refuse. ``seed`` draws the calibration
-    windows. Taught in notebooks/09_capstone.ipynb (the answer to the design task)."""
+    windows. Taught in notebooks/13_capstone.ipynb (the answer to the design task)."""
     if not callable(design):
         raise TypeError(f"design: expected a function, got {show(design)}")
     (case,) = _design_inputs(Draw(check_int(seed, "seed", minimum=0)))

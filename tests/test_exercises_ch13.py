@@ -1,4 +1,4 @@
-"""Chapter 09's exercises (the capstone): right answers without qlearn (gguf-py's block sizes,
+"""Chapter 13's exercises (the capstone): right answers without qlearn (gguf-py's block sizes,
 plain loops), named as the exercises, but for the design task, whose check counts bytes only of
 qlearn's stored formats (its answer stores qlearn.gguf tensors); WRONG ones with the diagnosis
 each must get (run by test_exercises_runner.py); the chapter's own cases."""
