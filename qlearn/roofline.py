@@ -39,6 +39,7 @@ __all__ = [
     "kv_cache_bytes",
     "measure_bandwidth",
     "median_seconds",
+    "peak_memory",
     "process_memory",
     "tokens_per_second_limit",
     "weight_bytes",
@@ -207,19 +208,7 @@ _MEMORY_SCRIPT = """
 import gc, json, sys
 import psutil
 import torch
-from qlearn import kernels, models
-
-
-def peak_rss():
-    if sys.platform.startswith("linux"):  # VmHWM: ru_maxrss would keep the parent's across exec
-        with open("/proc/self/status") as status:
-            line = next(line for line in status if line.startswith("VmHWM:"))
-        return 1024 * int(line.split()[1])
-    if sys.platform == "win32":
-        return psutil.Process().memory_info().peak_wset
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
-
+from qlearn import kernels, models, roofline
 
 kind, name, group_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(1)
@@ -233,21 +222,39 @@ if kind != "imports":
     ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
     with torch.inference_mode():
         model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    peak = peak_rss()
-    kept = {t.untyped_storage().data_ptr(): t for t in [*model.parameters(), *model.buffers()]}
-    weights = sum(t.untyped_storage().nbytes() for t in kept.values())
+    peak = roofline.peak_memory()
+    weights = roofline.weight_bytes(model)
     for tensor in [*model.parameters(), *model.buffers()]:  # off the mapped file
         tensor.data = tensor.data.clone()
-    del kept
     gc.collect()
     if sys.platform.startswith("linux"):  # hand freed pages back (glibc keeps them)
         import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 else:
-    peak = peak_rss()
+    peak = roofline.peak_memory()
 print(json.dumps({"resident": psutil.Process().memory_info().rss, "peak": peak,
                   "weights": weights}))
 """
+
+
+def peak_memory() -> int:
+    """The largest resident memory this process has had, in bytes.
+
+    ``VmHWM`` on Linux: ``ru_maxrss`` there keeps the parent's high-water mark across ``exec``,
+    so a child started from a large notebook kernel would report the kernel's. ``ru_maxrss``
+    (bytes) on macOS, ``peak_wset`` on Windows.
+    """
+    if sys.platform.startswith("linux"):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+        return 1024 * int(line.split()[1])
+    if sys.platform == "win32":
+        import psutil
+
+        return psutil.Process().memory_info().peak_wset
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 @dataclass(frozen=True)

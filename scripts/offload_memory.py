@@ -3,7 +3,7 @@
     python scripts/offload_memory.py                    # 4-bit, groups of 64, 8 × 128 of Emma
     python scripts/offload_memory.py --method awq
 
-Each run is a fresh process (peak memory: ``VmHWM`` on Linux, ``ru_maxrss`` elsewhere): it loads
+Each run is a fresh process (peak memory: ``qlearn.roofline.peak_memory``): it loads
 the model with transformers from a ``save_pretrained`` folder, either whole or with
 ``device_map`` putting every decoder layer on "disk" (accelerate's offload folder; embedding,
 final norm and LM head on the CPU), quantizes it in place with ``gptq.quantize_model_`` (or
@@ -27,16 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _peak_bytes() -> int:
-    if sys.platform.startswith("linux"):
-        with open("/proc/self/status") as status:
-            line = next(line for line in status if line.startswith("VmHWM:"))
-        return 1024 * int(line.split()[1])
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS
-
-
 def _digest(model) -> str:
     """SHA-256 of every tensor of the model, read module by module through ``onloaded``."""
     import torch
@@ -57,7 +47,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from qlearn import awq, gptq
+    from qlearn import awq, gptq, roofline
     from qlearn.data import calibration_windows, load_text
 
     torch.set_num_threads(args.threads)
@@ -81,7 +71,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         awq.quantize_model_(model, windows, bits=args.bits, group_size=args.group_size)
     seconds = time.perf_counter() - started
-    peak = _peak_bytes()
+    peak = roofline.peak_memory()
     print(json.dumps({"peak": peak, "seconds": seconds, "digest": _digest(model)}))
 
 

@@ -119,3 +119,10 @@ def test_process_memory_of_the_libraries_alone():
 def test_bad_input_names_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_peak_memory_is_at_least_what_the_process_holds_now():
+    import psutil
+
+    held = torch.ones(1 << 24)  # 64 MiB, touched
+    assert roofline.peak_memory() >= psutil.Process().memory_info().rss > held.numel()
