@@ -7,6 +7,7 @@
 #   make site     the course as a static HTML site in build/site/ (stored outputs, offline)
 #   make browser  install Debian's chromium and chromium-driver (for the site test) if missing
 #   make portability  for authors: the notebooks under other CPU kernel settings and thread counts
+#   make llamacpp llama.cpp's tools (quantize, perplexity, bench, completion) into build/llamacpp/
 # Set-up runs once; it reruns when pyproject.toml or constraints.txt change.
 
 SHELL := /bin/bash
@@ -28,11 +29,11 @@ SITE := build/site
 CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 
-.PHONY: all setup course test test-fast lint notebooks portability lab labs site browser bench clean distclean help
+.PHONY: all setup course test test-fast lint notebooks portability lab labs site browser bench llamacpp clean distclean help
 all: help
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# *//'
+	@sed -n '2,11p' Makefile | sed 's/^# *//'
 
 setup: $(STAMP)
 
@@ -74,6 +75,31 @@ test-fast: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check qlearn tests benchmarks scripts
+
+# For authors and curious learners, never part of make test: llama.cpp's own tools, built once
+# from the llama-cpp-python sdist on PyPI (it vendors llama.cpp), about 10 minutes on 2 cores.
+# GGML_NATIVE=OFF with AVX2: a native build died with an illegal instruction on this kind of
+# machine. Then `$(PY) scripts/check_llamacpp.py` compares qlearn's GGUF files with theirs.
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP := build/llamacpp
+LLAMACPP_SRC := $(LLAMACPP)/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp
+LLAMACPP_TOOLS := llama-quantize llama-perplexity llama-bench llama-completion
+
+llamacpp: $(LLAMACPP)/bin/llama-completion
+
+$(LLAMACPP)/bin/llama-completion: | setup
+	mkdir -p $(LLAMACPP)/bin
+	test -f $(LLAMACPP)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz || \
+		$(PIP) download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+		"llama-cpp-python==$(LLAMACPP_VERSION)" -d $(LLAMACPP)
+	tar xzf $(LLAMACPP)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP) \
+		llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp
+	cmake -S $(LLAMACPP_SRC) -B $(LLAMACPP)/cmake -DCMAKE_BUILD_TYPE=Release \
+		-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+		-DGGML_BMI2=ON -DBUILD_SHARED_LIBS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+		-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF
+	cmake --build $(LLAMACPP)/cmake --config Release -j 2 --target $(LLAMACPP_TOOLS)
+	cp $(addprefix $(LLAMACPP)/cmake/bin/,$(LLAMACPP_TOOLS)) $(LLAMACPP)/bin/
 
 # For authors: execute the notebooks in place, storing their outputs (what nbval compares).
 notebooks: setup

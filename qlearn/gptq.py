@@ -68,7 +68,7 @@ from qlearn._layers import (
 )
 from qlearn._progress import progress_bar
 from qlearn.models import decoder_layers, linear_layers
-from qlearn.offload import onloaded, require_in_memory
+from qlearn.offload import linear_layers_onloaded, onloaded, require_in_memory
 
 __all__ = [
     "DEFAULT_BLOCK_SIZE",
@@ -794,6 +794,7 @@ def rtn_quantize_model(
     Frantar et al. 2023, §5. Taught in notebooks/05_gptq.ipynb.
     """
     check_module(model)
+    require_in_memory(model, "round it in place, layer by layer, with gptq.rtn_quantize_model_")
     return rtn_quantize_model_(copy.deepcopy(model), bits=bits, group_size=group_size, sym=sym)
 
 
@@ -804,8 +805,10 @@ def rtn_quantize_model_(
     (:func:`rtn_quantize`), in place; return ``model``.
 
     The RTN rows of the chapter's perplexity table (the reference's ``--nearest``). Layers are
-    those of ``qlearn.models.linear_layers``; every one is checked before any is changed.
-    Frantar et al. 2023, §5. Taught in notebooks/05_gptq.ipynb.
+    those of ``qlearn.models.linear_layers``; every one is checked before any is changed. A
+    model that accelerate offloads is rounded one decoder layer in memory at a time
+    (``qlearn.offload.linear_layers_onloaded``). Frantar et al. 2023, §5. Taught in
+    notebooks/05_gptq.ipynb.
     """
     check_module(model)
     bits = check_bits(bits, low=2, high=8)
@@ -816,7 +819,7 @@ def rtn_quantize_model_(
             check_group_size(
                 group_size, weight_of(layer).shape[1], f"group_size ({name})", must_divide=False
             )
-    for _, layer in layers:
+    for _, layer in linear_layers_onloaded(model):  # an offloaded model: one layer at a time
         weight = weight_of(layer).detach()
         set_weight_(layer, rtn_quantize(weight, bits=bits, group_size=group_size, sym=sym).weight)
     return model

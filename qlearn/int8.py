@@ -46,6 +46,7 @@ from qlearn._layers import model_device
 from qlearn._progress import progress_bar
 from qlearn._quantized import bits_per_weight
 from qlearn.data import token_batches
+from qlearn.offload import require_in_memory
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -356,6 +357,7 @@ def quantize_model(
     check_module(model)
     threshold = check_positive(threshold, "threshold")
     mode = check_choice(mode, "mode", MODES)
+    require_in_memory(model, "load it into memory first (Int8Linear holds its codes)")
     return quantize_model_(copy.deepcopy(model), threshold=threshold, mode=mode)
 
 
@@ -376,6 +378,7 @@ def quantize_model_(
     check_module(model)
     threshold = check_positive(threshold, "threshold")
     mode = check_choice(mode, "mode", MODES)
+    require_in_memory(model, "load it into memory first (Int8Linear holds its codes)")
     for name, layer in list(linear_layers(model)):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)

@@ -330,7 +330,10 @@ def quantize_model(
     """Return a copy of ``model`` whose decoder linear weights are replaced by their NF4 (or FP4)
     round trip; ``model`` is left untouched. See :func:`quantize_model_`. QLoRA §3.
     Taught in notebooks/08_awq_nf4.ipynb."""
+    from qlearn.offload import require_in_memory
+
     _check_model_args(model, quant_type, blocksize, double_quant)
+    require_in_memory(model, "quantize it in place, layer by layer, with nf4.quantize_model_")
     return quantize_model_(
         copy.deepcopy(model), quant_type=quant_type, blocksize=blocksize, double_quant=double_quant
     )
@@ -349,12 +352,14 @@ def quantize_model_(
     Each weight, seen as [out, in] (``qlearn.models.get_weight``), goes through
     :func:`quantize_4bit` and :func:`dequantize_4bit`: the values a ``load_in_4bit`` model
     multiplies with (QLoRA §3; bitsandbytes dequantizes to 16 bits before each matmul).
-    Embeddings, norms and the LM head are kept. Taught in notebooks/08_awq_nf4.ipynb.
+    Embeddings, norms and the LM head are kept. A model that accelerate offloads is quantized
+    one decoder layer in memory at a time (``qlearn.offload.linear_layers_onloaded``). Taught in
+    notebooks/08_awq_nf4.ipynb.
     """
-    from qlearn.models import linear_layers
+    from qlearn.offload import linear_layers_onloaded
 
     _check_model_args(model, quant_type, blocksize, double_quant)
-    for _, layer in linear_layers(model):
+    for _, layer in linear_layers_onloaded(model):
         weight = weight_of(layer).detach()
         q = quantize_4bit(
             weight, quant_type=quant_type, blocksize=blocksize, double_quant=double_quant

@@ -30,8 +30,9 @@ from accelerate.utils.modeling import (
 from torch import nn
 
 from qlearn._checks import check_module
+from qlearn._layers import is_linear
 
-__all__ = ["is_offloaded", "onloaded", "require_in_memory"]
+__all__ = ["is_offloaded", "linear_layers_onloaded", "onloaded", "require_in_memory"]
 
 
 def is_offloaded(model: nn.Module) -> bool:
@@ -92,6 +93,25 @@ def onloaded(module: nn.Module) -> Iterator[nn.Module]:
                 _write_back(hook.weights_map, name, _tensor(m, name))
                 set_module_tensor_to_device(m, name, "meta")
             hook.offload = True
+
+
+def linear_layers_onloaded(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, layer)`` for every decoder linear, as ``qlearn.models.linear_layers`` yields
+    them, with the decoder layer that holds it :func:`onloaded` while its linears are yielded.
+
+    For the quantizers that round each weight on its own (RTN, NF4, the GGUF types): a weight
+    set with ``set_weight_`` during the loop is written back when the loop moves to the next
+    decoder layer, so an offloaded model is quantized one layer in memory at a time. On a model
+    in memory it is ``linear_layers``. Chapter 10 (models bigger than memory).
+    """
+    from qlearn.models import decoder_layers
+
+    prefix, blocks = decoder_layers(model)
+    for index, block in enumerate(blocks):
+        with onloaded(block):
+            for name, module in block.named_modules():
+                if is_linear(module):
+                    yield f"{prefix}.{index}.{name}", module
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from qlearn import awq, gptq, kernels, offload
+from qlearn import awq, gguf, gptq, int8, kernels, nf4, offload
 from qlearn.data import calibration_windows
 
 TEXT = "it is a truth universally acknowledged, that a single man in possession of a good fortune"
@@ -113,6 +113,32 @@ def test_awq_on_an_offloaded_model_equals_awq_in_memory_bit_for_bit(
     assert [s.alpha for s in report.scales] == [s.alpha for s in offloaded_report.scales]
 
 
+ROUNDING = {  # the quantizers that round each weight on its own, in place
+    "rtn": lambda model: gptq.rtn_quantize_model_(model, bits=3, group_size=16),
+    "nf4": lambda model: nf4.quantize_model_(model, blocksize=64, double_quant=True),
+    "gguf": lambda model: gguf.quantize_model_(model, "Q4_K_M"),
+}
+
+
+@pytest.mark.parametrize("method", sorted(ROUNDING))
+def test_rounding_an_offloaded_model_equals_rounding_it_in_memory_bit_for_bit(
+    tiny_llama, tmp_path, method
+):
+    dispatched = _dispatched(tiny_llama, tmp_path)
+    in_memory = ROUNDING[method](copy.deepcopy(tiny_llama))
+    assert ROUNDING[method](dispatched) is dispatched
+    assert dispatched.model.layers[1].mlp.down_proj.weight.device.type == "meta"  # still on disk
+    expected, got = _weights(in_memory), _weights(dispatched)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    original = _weights(tiny_llama)
+    changed = [k for k in expected if "proj" in k and not torch.equal(expected[k], original[k])]
+    assert len(changed) == 14  # every decoder linear of both layers was rounded
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(dispatched(ids).logits, in_memory(ids).logits)
+
+
 def test_onloaded_names_the_argument():
     with pytest.raises(TypeError, match="module"), offload.onloaded("layer"):
         pass
@@ -124,5 +150,18 @@ def test_what_needs_the_model_in_memory_says_so(tiny_llama, char_tokenizer, tmp_
     for copying in (gptq.quantize_model, awq.quantize_model):  # a copy needs it all in memory
         with pytest.raises(ValueError, match=r"model: .*offloads.*quantize_model_"):
             copying(dispatched, windows, bits=4)
-    with pytest.raises(ValueError, match=r"model: .*offloads"):
-        kernels.quantize_model_(dispatched, kind="int8")
+    copies = {
+        "gptq.rtn_quantize_model_": lambda: gptq.rtn_quantize_model(dispatched, bits=4),
+        "nf4.quantize_model_": lambda: nf4.quantize_model(dispatched),
+        "gguf.quantize_model_": lambda: gguf.quantize_model(dispatched, "Q8_0"),
+    }
+    for instead, copying in copies.items():
+        with pytest.raises(ValueError, match=rf"model: .*offloads.*{instead}"):
+            copying()
+    for swapping in (  # modules that hold codes cannot be written back to accelerate's store
+        lambda: kernels.quantize_model_(dispatched, kind="int8"),
+        lambda: int8.quantize_model_(dispatched),
+        lambda: int8.quantize_model(dispatched),
+    ):
+        with pytest.raises(ValueError, match=r"model: .*offloads.*into memory"):
+            swapping()

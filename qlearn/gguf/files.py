@@ -80,7 +80,10 @@ def quantize_model(model: Any, recipe: str | Mapping[str, str]) -> Any:
     """A copy of ``model`` whose decoder linear weights are quantized to ``recipe``'s types and
     dequantized again (GGUF's round trip, in memory); ``model`` is left untouched.
     See :func:`quantize_model_`. Taught in notebooks/06_gguf.ipynb."""
+    from qlearn.offload import require_in_memory
+
     _recipe_rule(recipe)
+    require_in_memory(model, "quantize it in place, layer by layer, with gguf.quantize_model_")
     return quantize_model_(copy.deepcopy(model), recipe)
 
 
@@ -90,13 +93,15 @@ def quantize_model_(model: Any, recipe: str | Mapping[str, str]) -> Any:
 
     Embeddings, norms and the LM head are kept, as in the course's anchor figures; the values
     are those a GGUF file written by :func:`save_gguf` holds (:func:`quantize_tensors`' bytes).
-    Taught in notebooks/06_gguf.ipynb (perplexity per type).
+    A model that accelerate offloads is quantized one decoder layer in memory at a time
+    (``qlearn.offload.linear_layers_onloaded``). Taught in notebooks/06_gguf.ipynb (perplexity
+    per type).
     """
-    from qlearn.models import linear_layers
+    from qlearn.offload import linear_layers_onloaded
 
-    tensors = quantize_tensors(model, recipe)
-    for layer_name, layer in linear_layers(model):
-        _layers.set_weight_(layer, tensors[layer_name].dequantize())
+    types = _layer_types(model, recipe)
+    for layer_name, layer in linear_layers_onloaded(model):
+        _layers.set_weight_(layer, _quantize_layer(layer, types[layer_name]).dequantize())
     return model
 
 
@@ -109,14 +114,23 @@ def quantize_tensors(model: Any, recipe: str | Mapping[str, str]) -> dict[str, G
     """
     from qlearn.models import linear_layers
 
+    types = _layer_types(model, recipe)
+    return {name: _quantize_layer(layer, types[name]) for name, layer in linear_layers(model)}
+
+
+def _layer_types(model: Any, recipe: str | Mapping[str, str]) -> dict[str, str]:
+    """``{decoder linear layer name: GGUF type}`` under ``recipe`` (from the shapes only)."""
     types = recipe_types(model, recipe)
-    by_hf_name = {hf: name for name, (hf, _) in _gguf_tensors(model).items()}
-    tensors = {}
-    for layer_name, layer in linear_layers(model):
-        qtype = types[by_hf_name[f"{layer_name}.weight"]]
-        weight = _layers.weight_of(layer).detach().float().cpu().numpy()
-        tensors[layer_name] = quantize_tensor(weight, qtype)
-    return tensors
+    return {
+        hf_name.removesuffix(".weight"): types[gguf_name]
+        for gguf_name, (hf_name, _) in _gguf_tensors(model).items()
+        if gguf_name in types and hf_name.endswith(".weight")
+    }
+
+
+def _quantize_layer(layer: Any, qtype: str) -> GGUFTensor:
+    """The layer's [out, in] weight as a GGUF tensor of type ``qtype``."""
+    return quantize_tensor(_layers.weight_of(layer).detach().float().cpu().numpy(), qtype)
 
 
 def save_gguf(
