@@ -19,6 +19,10 @@ One module per concept, in course order:
   arithmetic intensity, KV-cache bytes, a process's memory. Chapter 10.
 - :mod:`qlearn.offload`  — models bigger than memory: accelerate-offloaded layers loaded one at
   a time for GPTQ and AWQ. Chapter 10.
+- :mod:`qlearn.smoothquant` — SmoothQuant: activation outliers moved into the weights by a
+  per-channel scale folded into the norms, then W8A8. Chapter 11.
+- :mod:`qlearn.rotation` — Hadamard and random orthogonal rotations folded into the model
+  (QuaRot): the same logits, no outlier channels. Chapter 11.
 - :mod:`qlearn.models`   — the default model, walking linear layers, footprint.
 - :mod:`qlearn.evaluate` — perplexity, KL divergence from the original, greedy generation.
 - :mod:`qlearn.plot`     — weight histograms and the course's other figures.

@@ -26,30 +26,24 @@ from __future__ import annotations
 import copy
 import os
 import sys
-import tempfile
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from qlearn import awq
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _llmcompressor_oneshot import quiet, run_oneshot
+from _llmcompressor_oneshot import tiny_llama as shared_tiny_llama
 
 ALPHAS = [i / 19 for i in range(20)]  # llmcompressor's grid: n_grid = 20 points over [0, 1]
 HISTORY: dict[str, list[float]] = {}  # llmcompressor's output error at each α, per scale group
 
 
 def tiny_llama() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,  # v and o of the same shape: the v → o group applies
-        vocab_size=512,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config).eval()
+    model = shared_tiny_llama(
+        num_key_value_heads=4
+    )  # v and o of the same shape: the v → o group applies
     with torch.no_grad():  # salient channels, as real models grow them (Lin et al. §3.1)
         for block in model.model.layers:
             block.input_layernorm.weight[::32] = 12.0
@@ -58,8 +52,6 @@ def tiny_llama() -> LlamaForCausalLM:
 
 
 def run_llmcompressor(model: LlamaForCausalLM, ids: torch.Tensor) -> LlamaForCausalLM:
-    from datasets import Dataset
-    from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from llmcompressor.modifiers.transform.awq import AWQModifier
     from llmcompressor.pipelines.cache import IntermediatesCache
@@ -81,36 +73,11 @@ def run_llmcompressor(model: LlamaForCausalLM, ids: torch.Tensor) -> LlamaForCau
 
     AWQModifier._compute_best_scale, AWQModifier._compute_loss = best_scale, loss
 
-    folder = tempfile.mkdtemp()  # llmcompressor reads the model's config from disk
-    model.config.save_pretrained(folder)
-    model.config.name_or_path = folder
-    dataset = Dataset.from_dict(
-        {"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()}
-    )
     recipe = [
         AWQModifier(duo_scaling=False, n_grid=20),
         QuantizationModifier(targets="Linear", scheme="W4A16_ASYM", ignore=["lm_head"]),
     ]
-    return oneshot(
-        model=model,
-        tokenizer=_tokenizer(),
-        dataset=dataset,
-        recipe=recipe,
-        num_calibration_samples=ids.shape[0],
-        max_seq_length=ids.shape[1],
-        shuffle_calibration_samples=False,
-        pipeline="sequential",
-    )
-
-
-def _tokenizer():
-    """A word-level tokenizer over the 512 ids, built in memory (llmcompressor asks for one)."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"t{i}": i for i in range(512)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t0"))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="t0", pad_token="t0")
+    return run_oneshot(model, ids, recipe, vocab_size=512)
 
 
 def implied_alpha(x_mean: torch.Tensor, scales: torch.Tensor) -> tuple[float, float]:
@@ -121,11 +88,7 @@ def implied_alpha(x_mean: torch.Tensor, scales: torch.Tensor) -> tuple[float, fl
 
 
 def main() -> None:
-    os.environ["TQDM_DISABLE"] = "1"  # llmcompressor's progress bars
-    from loguru import logger  # llmcompressor logs through loguru
-
-    logger.remove()
-    logger.add(sys.stderr, level="ERROR")
+    quiet()
     model = tiny_llama()
     g = torch.Generator().manual_seed(0)
     calibration = torch.randint(0, 512, (16, 128), generator=g)
