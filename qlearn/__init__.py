@@ -23,6 +23,8 @@ One module per concept, in course order:
   per-channel scale folded into the norms, then W8A8. Chapter 11.
 - :mod:`qlearn.rotation` — Hadamard and random orthogonal rotations folded into the model
   (QuaRot): the same logits, no outlier channels. Chapter 11.
+- :mod:`qlearn.kvcache`  — KIVI: the KV cache quantized, keys per channel and values per token,
+  a recent window in full precision, as a transformers ``Cache``. Chapter 11.
 - :mod:`qlearn.models`   — the default model, walking linear layers, footprint.
 - :mod:`qlearn.evaluate` — perplexity, KL divergence from the original, greedy generation.
 - :mod:`qlearn.plot`     — weight histograms and the course's other figures.

@@ -68,6 +68,7 @@ from qlearn.affine import ABSMAX, MAX_BITS, ZEROPOINT, QuantizedTensor, fake_qua
 from qlearn.data import token_batches
 
 __all__ = [
+    "ACTIVATION_GRANULARITIES",
     "KL",
     "METHODS",
     "MINMAX",
@@ -93,6 +94,8 @@ KL: Final = "kl"
 """TensorRT's entropy calibration: the threshold minimizing KL(P‖Q) (Migacz 2017)."""
 METHODS: Final = (MINMAX, PERCENTILE, MSE, KL)
 MODES: Final = ("dynamic", "static")
+ACTIVATION_GRANULARITIES: Final = ("tensor", "token")
+"""One range for a layer's whole input, or one per token (dynamic only)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +388,7 @@ class ActivationQuantization:
     bits: int
     symmetric: bool
     ranges: dict[str, tuple[float, float]] | None
+    granularity: str = "tensor"
     _handles: list[Any] = field(default_factory=list, repr=False)
 
     @property
@@ -411,12 +415,16 @@ def quantize_activations(
     ranges: dict[str, tuple[float, float]] | None = None,
     bits: int = 8,
     symmetric: bool = True,
+    granularity: str = "tensor",
 ) -> ActivationQuantization:
-    """Fake-quantize the input of every decoder linear layer, per tensor, through forward
-    pre-hooks; return a handle whose ``remove()`` (or the end of a ``with`` block) takes them off.
+    """Fake-quantize the input of every decoder linear layer through forward pre-hooks; return
+    a handle whose ``remove()`` (or the end of a ``with`` block) takes them off.
 
     ``mode="dynamic"``: each incoming tensor is quantized over its own range, measured at run
-    time (``qlearn.affine.fake_quantize``, absmax if ``symmetric`` else zero-point).
+    time (``qlearn.affine.fake_quantize``, absmax if ``symmetric`` else zero-point): one range
+    for the whole tensor (``granularity="tensor"``) or one per token, i.e. per row of the
+    input (``"token"``: the per-token dynamic activations of SmoothQuant's O1 and QuaRot,
+    chapter 11).
     ``mode="static"``: over ``ranges[layer name]``, fixed ahead of time by :func:`calibrate`
     (values outside are clipped, :func:`clip_quantize`); every layer needs a range, symmetric
     (lo = −hi) when ``symmetric``. The weights are not touched: quantize them with
@@ -431,6 +439,12 @@ def quantize_activations(
     mode = check_choice(mode, "mode", MODES)
     bits = check_bits(bits, low=2, high=MAX_BITS)
     symmetric = check_bool(symmetric, "symmetric")
+    granularity = check_choice(granularity, "granularity", ACTIVATION_GRANULARITIES)
+    if granularity == "token" and mode == "static":
+        raise ValueError(
+            "granularity: expected 'tensor' in static mode (one calibrated range per layer), "
+            "got 'token'"
+        )
     layers = list(linear_layers(model))
     if mode == "static":
         ranges = _check_ranges(ranges, [name for name, _ in layers], symmetric)
@@ -439,10 +453,12 @@ def quantize_activations(
             f"ranges: expected None in dynamic mode (ranges are measured at run time), "
             f"got a {type(ranges).__name__}"
         )
-    handle = ActivationQuantization(mode=mode, bits=bits, symmetric=symmetric, ranges=ranges)
+    handle = ActivationQuantization(
+        mode=mode, bits=bits, symmetric=symmetric, ranges=ranges, granularity=granularity
+    )
     for name, layer in layers:
         lo_hi = None if ranges is None else ranges[name]
-        hook = _quantizing_hook(name, bits, symmetric, lo_hi)
+        hook = _quantizing_hook(name, bits, symmetric, lo_hi, per_token=granularity == "token")
         handle._handles.append(layer.register_forward_pre_hook(hook))
     return handle
 
@@ -557,14 +573,22 @@ def _observing_hook(name: str, observer: MinMaxObserver) -> Callable[..., None]:
 
 
 def _quantizing_hook(
-    name: str, bits: int, symmetric: bool, lo_hi: tuple[float, float] | None
+    name: str,
+    bits: int,
+    symmetric: bool,
+    lo_hi: tuple[float, float] | None,
+    *,
+    per_token: bool = False,
 ) -> Callable[..., tuple[Any, ...]]:
     method = ABSMAX if symmetric else ZEROPOINT
 
     def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = _first_input(args, module)
         check_float_tensor(x, f"input of {name}")
-        if lo_hi is None:  # dynamic: chapter 02's quantizer, per tensor, on x's own range
+        if lo_hi is None and per_token:  # dynamic, one range per row (token)
+            rows = x.reshape(-1, x.shape[-1])
+            x_hat = fake_quantize(rows, method, bits=bits, axis=0).reshape(x.shape)
+        elif lo_hi is None:  # dynamic: chapter 02's quantizer, per tensor, on x's own range
             x_hat = fake_quantize(x, method, bits=bits)
         else:  # static: the calibrated range, values beyond it clipped
             x_hat = quantize_over(x, *lo_hi, bits, symmetric).dequantize()

@@ -599,6 +599,58 @@ def test_static_equals_dynamic_when_the_ranges_are_each_batchs_min_max(tiny_mode
     assert torch.equal(static, dynamic)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_per_token_activations_quantize_each_row_over_its_own_range(tiny_llama, symmetric):
+    """granularity="token": every layer's input row is chapter 02's quantizer over that row
+    alone, checked at the input each layer really receives (a hook after the quantizing one)."""
+    from qlearn.affine import ABSMAX, ZEROPOINT, fake_quantize
+
+    ids = _tokens()
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    originals: dict[str, torch.Tensor] = {}
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda m, args, name=name: originals.__setitem__(name, args[0].detach().clone())
+        )
+        for name, layer in linear_layers(tiny_llama)
+    ]
+    with (
+        torch.no_grad(),
+        quantize_activations(
+            tiny_llama, bits=4, symmetric=symmetric, granularity="token"
+        ) as handle,
+    ):
+        assert handle.granularity == "token"
+        handles += [
+            layer.register_forward_pre_hook(
+                lambda m, args, name=name: seen.__setitem__(name, (originals[name], args[0]))
+            )
+            for name, layer in linear_layers(tiny_llama)
+        ]
+        tiny_llama(ids)
+    for h in handles:
+        h.remove()
+    method = ABSMAX if symmetric else ZEROPOINT
+    for name, (x, x_hat) in seen.items():
+        for row, row_hat in zip(
+            x.reshape(-1, x.shape[-1]), x_hat.reshape(-1, x.shape[-1]), strict=True
+        ):
+            assert torch.equal(row_hat, fake_quantize(row, method, bits=4)), name
+    assert _no_hooks(tiny_llama)
+
+
+def test_per_token_beats_per_tensor_when_one_token_is_huge(tiny_llama):
+    ids = _tokens()
+    with torch.no_grad():
+        tiny_llama.model.embed_tokens.weight[ids[0, 3]] *= 50  # one token 50× the others
+        reference = tiny_llama(ids).logits
+        with quantize_activations(tiny_llama, bits=8):
+            per_tensor = tiny_llama(ids).logits
+        with quantize_activations(tiny_llama, bits=8, granularity="token"):
+            per_token = tiny_llama(ids).logits
+    assert (per_token - reference).pow(2).mean() < (per_tensor - reference).pow(2).mean()
+
+
 def test_w8a8_with_quantize_model(tiny_llama):
     ids = _tokens()
     with torch.no_grad():
@@ -793,6 +845,10 @@ def test_bad_quantize_activations_arguments(tiny_gpt2):
         ValueError, match=r"^mode: expected one of 'dynamic', 'static', got 'fixed'"
     ):
         quantize_activations(tiny_gpt2, mode="fixed")
+    with pytest.raises(ValueError, match=r"^granularity: expected one of 'tensor', 'token'"):
+        quantize_activations(tiny_gpt2, granularity="channel")
+    with pytest.raises(ValueError, match=r"^granularity: expected 'tensor' in static mode"):
+        quantize_activations(tiny_gpt2, mode="static", ranges=ranges, granularity="token")
     assert _no_hooks(tiny_gpt2)
 
 
