@@ -85,7 +85,7 @@ class QuantizedBlock:
 def quantize_per_channel(x: torch.Tensor, *, bits: int) -> QuantizedBlock:
     """Each channel of a [batch, heads, tokens, head_dim] block over its tokens: one min and
     scale per (batch, head, channel). KIVI's keys (Liu et al. 2024, §3.2, eq. 3)."""
-    x = _check_block(x)
+    check_float_tensor(x, "x", ndim=4)
     bits = check_bits(bits, low=2, high=8)
     return _quantize(x, bits, dim=-2, group_size=None)
 
@@ -96,7 +96,7 @@ def quantize_per_token(
     """Each token of a [batch, heads, tokens, head_dim] block over groups of ``group_size``
     channels (None: all of head_dim): one min and scale per (batch, head, token, group). KIVI's
     values (Liu et al. 2024, §3.2)."""
-    x = _check_block(x)
+    check_float_tensor(x, "x", ndim=4)
     bits = check_bits(bits, low=2, high=8)
     head_dim = x.shape[-1]
     group = head_dim if group_size is None else check_int(group_size, "group_size", minimum=1)
@@ -255,11 +255,6 @@ def chunked_logits(
             out = model(input_ids=chunk, past_key_values=cache, use_cache=True)
             pieces.append(out.logits.float())
     return torch.cat(pieces, dim=1)
-
-
-def _check_block(x: Any) -> torch.Tensor:
-    check_float_tensor(x, "x", ndim=4)
-    return x
 
 
 def _quantize(x: torch.Tensor, bits: int, *, dim: int, group_size: int | None) -> QuantizedBlock:

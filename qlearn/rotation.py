@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from qlearn._checks import check_bool, check_choice, check_float_tensor, check_int, check_module
-from qlearn._layers import is_linear, weight_of
+from qlearn._layers import is_linear, set_weight_, weight_of
 from qlearn.models import decoder_layers
 from qlearn.offload import require_in_memory
 
@@ -257,7 +257,7 @@ def fold_norms_(model: nn.Module) -> nn.Module:
         for norm, layers in sites:
             gamma = norm.weight.detach().double()
             for layer in layers:
-                _set(layer, weight_of(layer).double() * gamma[None, :])
+                set_weight_(layer, weight_of(layer).double() * gamma[None, :])
             norm.weight.fill_(1.0)
     return model
 
@@ -303,14 +303,14 @@ def rotate_model_(
         embedding = model.get_input_embeddings()
         embedding.weight.copy_((embedding.weight.double() @ q).to(embedding.weight.dtype))
         head = model.get_output_embeddings()
-        _set(head, weight_of(head).double() @ q)
+        set_weight_(head, weight_of(head).double() @ q)
         for index, block in enumerate(blocks):
             for name in _READS:
                 layer = block.get_submodule(name)
-                _set(layer, weight_of(layer).double() @ q)
+                set_weight_(layer, weight_of(layer).double() @ q)
             for name in _WRITES:
                 layer = block.get_submodule(name)
-                _set(layer, q.T @ weight_of(layer).double())
+                set_weight_(layer, q.T @ weight_of(layer).double())
                 if getattr(layer, "bias", None) is not None:
                     layer.bias.copy_((layer.bias.double() @ q).to(layer.bias.dtype))
                 if online:
@@ -331,8 +331,6 @@ def _paley_kind(m: int) -> str | None:
         return "I"
     if m % 2 == 0 and m >= 6 and _is_prime(m // 2 - 1) and (m // 2 - 1) % 4 == 1:
         return "II"
-    if m == 2:
-        return "sylvester"
     return None
 
 
@@ -351,13 +349,10 @@ def _jacobsthal(q: int) -> torch.Tensor:
 
 
 def _base(m: int) -> torch.Tensor:
-    """The ±1 Hadamard matrix of order m (1, 2, or Paley I/II), float64."""
+    """The ±1 Hadamard matrix of order m (1, or Paley I/II), float64."""
     if m == 1:
         return torch.ones(1, 1, dtype=torch.float64)
-    kind = _paley_kind(m)
-    if kind == "sylvester":
-        return _sylvester(2)
-    if kind == "I":  # q ≡ 3 mod 4: H = I + [[0, 1ᵀ], [−1, Q]], Q skew-symmetric
+    if _paley_kind(m) == "I":  # q ≡ 3 mod 4: H = I + [[0, 1ᵀ], [−1, Q]], Q skew-symmetric
         q = m - 1
         s = torch.zeros(m, m, dtype=torch.float64)
         s[0, 1:], s[1:, 0], s[1:, 1:] = 1.0, -1.0, _jacobsthal(q)
@@ -458,17 +453,11 @@ def _untied_head(model: nn.Module) -> nn.Module:
     return head
 
 
-def _set(layer: nn.Module, weight: torch.Tensor) -> None:
-    """Store a float64 [out, in] product in the layer's weight, in its dtype."""
-    current = weight_of(layer)
-    current.copy_(weight.to(current.dtype))
-
-
 def _rotate_input_online(block: nn.Module, name: str, seed: int) -> None:
     layer = block.get_submodule(name)
     size = weight_of(layer).shape[1]
     matrix = None if hadamard_order(size) is not None else random_orthogonal(size, seed=seed + 1)
     rotation = OnlineRotation(size, matrix)
-    _set(layer, weight_of(layer).double() @ rotation.dense())
+    set_weight_(layer, weight_of(layer).double() @ rotation.dense())
     parent, _, child = name.rpartition(".")
     setattr(block.get_submodule(parent), child, RotatedLinear(rotation, layer))

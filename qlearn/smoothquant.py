@@ -65,9 +65,9 @@ __all__ = [
 
 MIN_SCALE: Final = 1e-5
 """The authors' clamp, on max|W_j| and on s."""
-GRANULARITIES: Final = ("tensor", "vector")
-"""Activation scales of the W8A8 that follows: one per tensor (the paper's O1–O3) or one per
-token (``int8.Int8Linear``'s ``"vector"`` mode)."""
+GRANULARITIES: Final = int8.GRANULARITIES
+"""Activation scales of the W8A8 that follows, ``int8.Int8Linear``'s: one per tensor
+(``"tensor"``, the paper's O1–O3) or one per token (``"vector"``)."""
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,10 @@ def tiny_llama(num_key_value_heads: int):
         tie_word_embeddings=True,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def token_ids(held_out_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 calibration rows of 128 random ids, then ``held_out_rows`` more, seeded."""
+    g = torch.Generator().manual_seed(0)
+    calibration = torch.randint(0, VOCAB_SIZE, (16, 128), generator=g)
+    return calibration, torch.randint(0, VOCAB_SIZE, (held_out_rows, 128), generator=g)

@@ -33,7 +33,7 @@ from transformers import LlamaForCausalLM
 from qlearn import awq
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _llmcompressor_oneshot import quiet, run_oneshot
+from _llmcompressor_oneshot import quiet, run_oneshot, token_ids
 from _llmcompressor_oneshot import tiny_llama as shared_tiny_llama
 
 ALPHAS = [i / 19 for i in range(20)]  # llmcompressor's grid: n_grid = 20 points over [0, 1]
@@ -90,9 +90,7 @@ def implied_alpha(x_mean: torch.Tensor, scales: torch.Tensor) -> tuple[float, fl
 def main() -> None:
     quiet()
     model = tiny_llama()
-    g = torch.Generator().manual_seed(0)
-    calibration = torch.randint(0, 512, (16, 128), generator=g)
-    held_out = torch.randint(0, 512, (8, 128), generator=g)
+    calibration, held_out = token_ids(held_out_rows=8)
     means = awq.activation_means(model, calibration)
 
     folded, report = awq.quantize_model(

@@ -33,7 +33,7 @@ from transformers import LlamaForCausalLM
 from qlearn import awq, smoothquant
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _llmcompressor_oneshot import quiet, run_oneshot
+from _llmcompressor_oneshot import quiet, run_oneshot, token_ids
 from _llmcompressor_oneshot import tiny_llama as shared_tiny_llama
 
 ALPHAS = (0.5, 0.8)
@@ -90,9 +90,7 @@ def gap(a: torch.Tensor, b: torch.Tensor) -> float:
 def main() -> None:
     quiet()
     model = tiny_llama()
-    g = torch.Generator().manual_seed(0)
-    calibration = torch.randint(0, 512, (16, 128), generator=g)
-    held_out = torch.randint(0, 512, (4, 128), generator=g)
+    calibration, held_out = token_ids(held_out_rows=4)
     absmax = smoothquant.activation_absmax(model, calibration)
     ranges = channel_min_max(model, calibration)
     groups = smoothquant.smoothing_groups(model)
