@@ -3,7 +3,8 @@
 IEEE 754-2019, "IEEE Standard for Floating-Point Arithmetic" (binary32, binary16; bfloat16 is
 binary32 with the mantissa cut to 7 bits). Micikevicius et al., "FP8 Formats for Deep Learning",
 2022 (E4M3 and E5M2). Open Compute Project, "OCP Microscaling Formats (MX) Specification" v1.0,
-2023, section 5.3.3 (FP4 E2M1). Taught in notebooks/01_float_formats.ipynb.
+2023, sections 5.3.2 (FP6 E2M3 and E3M2) and 5.3.3 (FP4 E2M1), the element types of
+:mod:`qlearn.mx`. Taught in notebooks/01_float_formats.ipynb.
 
 A value is ``(-1)^sign × 2^(exponent - bias) × (1 + mantissa / 2^M)`` (normal) or
 ``(-1)^sign × 2^(1 - bias) × (0 + mantissa / 2^M)`` (subnormal and zero, exponent field 0).
@@ -48,7 +49,7 @@ class FloatFormat:
       fp8_e5m2).
     - ``"fn"``: finite, with one NaN. The all-ones exponent holds normal numbers, except
       ``S.1…1.1…1``, which is NaN; there is no inf (fp8_e4m3, "E4M3FN").
-    - ``"none"``: every code is a finite number (fp4_e2m1).
+    - ``"none"``: every code is a finite number (fp4_e2m1, fp6_e2m3, fp6_e3m2).
 
     ``torch_dtype`` names the torch dtype that stores the format, if torch has one.
     """
@@ -135,6 +136,8 @@ FORMATS: dict[str, FloatFormat] = {
         FloatFormat("fp8_e4m3", 4, 3, 7, "fn", "float8_e4m3fn"),
         FloatFormat("fp8_e5m2", 5, 2, 15, "ieee", "float8_e5m2"),
         FloatFormat("fp4_e2m1", 2, 1, 1, "none", None),
+        FloatFormat("fp6_e2m3", 2, 3, 1, "none", None),
+        FloatFormat("fp6_e3m2", 3, 2, 3, "none", None),
     ]
 }
 

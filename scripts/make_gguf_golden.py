@@ -16,8 +16,10 @@ What it does, step by step (needs pip, gcc and the internet to PyPI; nothing els
    bytes change. ``-DNDEBUG`` as in llama.cpp's release builds: ``nearest_int`` asserts
    ``|x| <= 4194303``, which inputs near float32's limits break (the bytes are well defined);
 4. run ``quantize_row_q{2,3,4,5,6}_K_ref`` (k-quants without an importance matrix, as
-   ``llama-quantize`` runs them) and the legacy ``quantize_row_q{8,4,5}_{0,1}_ref`` on fixed
-   inputs made here from a seed, and store inputs and output bytes in
+   ``llama-quantize`` runs them), the legacy ``quantize_row_q{8,4,5}_{0,1}_ref`` and the
+   microscaling ``quantize_row_mxfp4_ref`` / ``quantize_row_nvfp4_ref`` on fixed inputs made
+   here from a seed (and, for the microscaling types, rows of their own:
+   :func:`make_microscaling_inputs`), and store inputs and output bytes in
    ``tests/data/gguf_golden/golden.npz``.
 
 The inputs are stored, not regenerated, so the test does not depend on numpy's random streams.
@@ -57,7 +59,10 @@ C_QUANTIZERS = {
     "Q4_K": ("quantize_row_q4_K_ref", 144, 256),
     "Q5_K": ("quantize_row_q5_K_ref", 176, 256),
     "Q6_K": ("quantize_row_q6_K_ref", 210, 256),
+    "MXFP4": ("quantize_row_mxfp4_ref", 17, 32),
+    "NVFP4": ("quantize_row_nvfp4_ref", 36, 64),
 }
+MICROSCALING = ("MXFP4", "NVFP4")
 
 SHIM = r"""
 // Stubs for the ggml symbols that ggml-quants.c references outside the reference quantizers,
@@ -94,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     check_fp16(library)
     if args.build_only:
         return 0
-    x = make_inputs()
-    arrays = {"input": x, "llama_cpp_python_version": np.array(args.version)}
+    x, x_mx = make_inputs(), make_microscaling_inputs()
+    arrays = {"input": x, "input_mx": x_mx, "llama_cpp_python_version": np.array(args.version)}
     arrays |= {f"bytes_{qtype}": run(library, qtype, x) for qtype in C_QUANTIZERS}
+    arrays |= {f"bytes_mx_{qtype}": run(library, qtype, x_mx) for qtype in MICROSCALING}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
     size = args.out.stat().st_size
@@ -212,6 +218,44 @@ def make_inputs(seed: int = 0) -> np.ndarray:
     add(_model_rows(rng))
     with np.errstate(over="ignore"):
         return np.concatenate(rows).astype(np.float32)
+
+
+def make_microscaling_inputs(seed: int = 1) -> np.ndarray:
+    """Rows of 256 that stress MXFP4's and NVFP4's scales and ties: a block's largest magnitude
+    at, just below and just above every power of two from 2^-120 to 2^120 (where log2f rounds to
+    the integer, floorf changes the exponent); values halfway between two E2M1 levels under
+    the block's own scale (ties); sub-block maxima around every UE4M3 boundary (its subnormals,
+    256, 448 and beyond). No block's largest magnitude is below 2^-125: there C converts a
+    negative float to uint8_t, which is undefined."""
+    rng = np.random.default_rng(seed)
+    rows: list[np.ndarray] = []
+    powers = np.exp2(np.arange(-120, 121, dtype=np.float64)).astype(np.float32)
+    tops = np.concatenate(
+        [powers, np.nextafter(powers, np.float32(0)), np.nextafter(powers, np.float32(np.inf))]
+    )
+    blocks = rng.uniform(-1, 1, (tops.size, 32)).astype(np.float32) * tops[:, None] / 2
+    blocks[np.arange(tops.size), rng.integers(0, 32, tops.size)] = tops * rng.choice(
+        [-1, 1], tops.size
+    )
+    pad = (-blocks.shape[0]) % 8
+    rows.append(np.concatenate([blocks, blocks[:pad]]).reshape(-1, 256))
+    # ties: the block's max is 4·2^k (so d = 2^(k-1) for MXFP4), the rest at E2M1 midpoints
+    midpoints = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], dtype=np.float32)
+    for k in (-3, 0, 5):
+        tie = rng.choice(np.concatenate([midpoints, -midpoints]), (8, 256)).astype(np.float32)
+        tie[:, ::16] = 4.0  # every sub-block of 16 (and block of 32) holds its max
+        rows.append(tie * np.float32(2.0**k))
+    # NVFP4: sub-block maxima / 6 around UE4M3's boundaries and beyond its range
+    limits = np.array(
+        [2.0**-10, 2.0**-9, 1.5 * 2.0**-9, 7 * 2.0**-9, 7.5 * 2.0**-9, 2.0**-6, 0.1, 1.0, 1.0625,
+         1.1875, 255.9, 256.0, 300.0, 448.0, 464.0, 1000.0, 1e6], dtype=np.float64,
+    )  # fmt: skip
+    tops = (np.concatenate([limits, limits * (1 + 2.0**-20)]) * 6).astype(np.float32)
+    subs = rng.standard_normal((tops.size, 16)).astype(np.float32) * tops[:, None] / 8
+    subs[:, 0] = tops
+    pad = (-subs.shape[0]) % 16
+    rows.append(np.concatenate([subs, subs[:pad]]).reshape(-1, 256))
+    return np.concatenate(rows).astype(np.float32)
 
 
 def _model_rows(rng: np.random.Generator) -> np.ndarray:

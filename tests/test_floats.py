@@ -1,6 +1,7 @@
 """qlearn.floats against ml_dtypes, numpy and torch: decode, encode, format_info, spacing.
 
-The references: ``ml_dtypes`` (bfloat16, float8_e4m3fn, float8_e5m2, float4_e2m1fn), numpy
+The references: ``ml_dtypes`` (bfloat16, float8_e4m3fn, float8_e5m2, float4_e2m1fn,
+float6_e2m3fn, float6_e3m2fn), numpy
 (float16, float32) and torch's float16 / bfloat16 / float8 dtypes.
 """
 
@@ -35,6 +36,8 @@ NUMPY_DTYPE = {
     "fp8_e4m3": ml_dtypes.float8_e4m3fn,
     "fp8_e5m2": ml_dtypes.float8_e5m2,
     "fp4_e2m1": ml_dtypes.float4_e2m1fn,
+    "fp6_e2m3": ml_dtypes.float6_e2m3fn,
+    "fp6_e3m2": ml_dtypes.float6_e3m2fn,
 }
 TORCH_DTYPE = {
     "fp16": torch.float16,
@@ -94,8 +97,8 @@ def _probe_values(fmt: str, n: int, seed: int = 0) -> np.ndarray:
 # decode
 
 
-@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1"])
-def test_decode_equals_ml_dtypes_on_all_fp8_and_fp4_codes(fmt):
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "fp6_e2m3", "fp6_e3m2"])
+def test_decode_equals_ml_dtypes_on_all_fp8_fp6_and_fp4_codes(fmt):
     codes = np.arange(1 << FORMATS[fmt].bits)
     _assert_same_floats([decode(int(c), fmt).value for c in codes], _as_numpy(codes, fmt))
 

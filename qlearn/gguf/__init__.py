@@ -14,6 +14,8 @@ under an fp16 super-scale. The modules, in reading order:
 - :mod:`qlearn.gguf.kquants`: one class per super-block of 256 (Q2_K … Q6_K), whose
   sub-block searches (``make_qkx2_quants`` …) are in :mod:`qlearn.gguf._kquant_search` and
   whose bit packing, shared with the legacy types, is in :mod:`qlearn.gguf._packing`;
+- :mod:`qlearn.gguf.microscaling`: MXFP4 and NVFP4, E2M1 codes under an E8M0 or UE4M3 scale
+  per block, with ggml's own rounding (the formats themselves: :mod:`qlearn.mx`);
 - :mod:`qlearn.gguf.files`: recipes, :func:`save_gguf`, :func:`load_gguf` and the model-level
   :func:`quantize_model` / :func:`quantize_model_` / :func:`quantize_tensors`.
 
@@ -24,7 +26,7 @@ Kawrakow, "k-quants", llama.cpp pull request #1684 (2023). Legacy quantizers as 
 ``gguf/quants.py``. Taught in notebooks/06_gguf.ipynb.
 """
 
-from qlearn.gguf import kquants, legacy  # noqa: F401  (defining the types registers them)
+from qlearn.gguf import kquants, legacy, microscaling  # noqa: F401  (defining the types registers them)
 from qlearn.gguf.files import (
     RECIPES,
     load_gguf,
