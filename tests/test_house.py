@@ -143,7 +143,7 @@ def _every_result():
     """One result of every quantizer of the course, on the same small weight [16, 256]."""
     import torch
 
-    from qlearn import affine, awq, bitnet, gguf, gptq, int8, kernels, mx, nf4
+    from qlearn import affine, awq, bitnet, codebook, gguf, gptq, int8, kernels, mx, nf4
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, 256, generator=g)
@@ -166,6 +166,7 @@ def _every_result():
         "mx MXFP4": mx.mx_quantize(w, "fp4_e2m1"),
         "mx MXINT8": mx.mx_quantize(w, "int8"),
         "mx NVFP4": mx.nvfp4_quantize(w),
+        "codebook k-means per channel": codebook.codebook_quantize(w, 3),
         "kernels int8 weight-only": kernels.Int8WeightOnlyLinear.from_linear(linear),
         "kernels W8A8": kernels.W8A8Linear.from_linear(linear),
         "kernels int4 tinygemm": kernels.Int4WeightOnlyLinear.from_linear(linear, group_size=64),
