@@ -9,7 +9,7 @@ What it does, step by step (needs pip, gcc and the internet to PyPI; nothing els
    (the sdist vendors llama.cpp, so ggml's C sources come from PyPI, like every other reference
    of the course);
 2. extract ``ggml/src/ggml-quants.c`` and the headers it includes;
-3. compile it with a small shim (stubs for the four ggml symbols it references but the reference
+3. compile it with a small shim (stubs for the ggml symbols it references but the
    quantizers never call, plus ggml's own fp32 → fp16 routine) into
    ``build/ggml_ref/libggml_ref.so`` with plain ``gcc -O2 -DNDEBUG -fPIC -shared``. No
    ``-march=native``: with FMA available, gcc contracts ``a*b + c`` into one rounding and the
@@ -19,7 +19,10 @@ What it does, step by step (needs pip, gcc and the internet to PyPI; nothing els
    ``llama-quantize`` runs them), the legacy ``quantize_row_q{8,4,5}_{0,1}_ref`` and the
    microscaling ``quantize_row_mxfp4_ref`` / ``quantize_row_nvfp4_ref`` on fixed inputs made
    here from a seed (and, for the microscaling types, rows of their own:
-   :func:`make_microscaling_inputs`), and store inputs and output bytes in
+   :func:`make_microscaling_inputs`); and the functions ``llama-quantize`` calls with an
+   importance matrix, ``quantize_q4_0`` … ``quantize_q6_K`` and ``quantize_iq4_nl`` /
+   ``quantize_iq4_xs``, on the same rows with one importance vector (:func:`make_importance`;
+   the IQ types also without); store inputs and output bytes in
    ``tests/data/gguf_golden/golden.npz``.
 
 The inputs are stored, not regenerated, so the test does not depend on numpy's random streams.
@@ -63,9 +66,24 @@ C_QUANTIZERS = {
     "NVFP4": ("quantize_row_nvfp4_ref", 36, 64),
 }
 MICROSCALING = ("MXFP4", "NVFP4")
+# type name → (C function taking an importance matrix, bytes per block, values per block): the
+# functions llama-quantize calls (``quantize_q4_K`` …, ``quantize_iq4_nl``), with and without one
+WITH_IMPORTANCE = {
+    "IQ4_NL": ("quantize_iq4_nl", 18, 32),
+    "IQ4_XS": ("quantize_iq4_xs", 136, 256),
+    "Q4_0": ("quantize_q4_0", 18, 32),
+    "Q4_1": ("quantize_q4_1", 20, 32),
+    "Q5_0": ("quantize_q5_0", 22, 32),
+    "Q5_1": ("quantize_q5_1", 24, 32),
+    "Q2_K": ("quantize_q2_K", 84, 256),
+    "Q3_K": ("quantize_q3_K", 110, 256),
+    "Q4_K": ("quantize_q4_K", 144, 256),
+    "Q5_K": ("quantize_q5_K", 176, 256),
+    "Q6_K": ("quantize_q6_K", 210, 256),
+}
 
 SHIM = r"""
-// Stubs for the ggml symbols that ggml-quants.c references outside the reference quantizers,
+// Stubs for the ggml symbols that ggml-quants.c references outside the quantizers we call,
 // and ggml's own fp32 -> fp16 conversion, exported for a check of numpy's.
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,7 +94,24 @@ void ggml_abort(const char * file, int line, const char * fmt, ...) {
     fprintf(stderr, "ggml_abort called from %s:%d\n", file, line);
     abort();
 }
-size_t ggml_row_size(enum ggml_type type, int64_t ne) { (void) type; (void) ne; abort(); }
+// quantize_q2_K ... quantize_iq4_xs (the importance paths) step rows by ggml_row_size
+size_t ggml_row_size(enum ggml_type type, int64_t ne) {
+    switch (type) {
+        case GGML_TYPE_Q2_K: return ne / 256 * 84;
+        case GGML_TYPE_Q3_K: return ne / 256 * 110;
+        case GGML_TYPE_Q4_K: return ne / 256 * 144;
+        case GGML_TYPE_Q5_K: return ne / 256 * 176;
+        case GGML_TYPE_Q6_K: return ne / 256 * 210;
+        case GGML_TYPE_IQ4_XS: return ne / 256 * 136;
+        case GGML_TYPE_IQ4_NL: return ne / 32 * 18;
+        case GGML_TYPE_Q4_0: return ne / 32 * 18;
+        case GGML_TYPE_Q4_1: return ne / 32 * 20;
+        case GGML_TYPE_Q5_0: return ne / 32 * 22;
+        case GGML_TYPE_Q5_1: return ne / 32 * 24;
+        case GGML_TYPE_Q8_0: return ne / 32 * 34;
+        default: abort();
+    }
+}
 const char * ggml_type_name(enum ggml_type type) { (void) type; return "?"; }
 size_t ggml_type_size(enum ggml_type type) { (void) type; abort(); }
 
@@ -103,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     arrays = {"input": x, "input_mx": x_mx, "llama_cpp_python_version": np.array(args.version)}
     arrays |= {f"bytes_{qtype}": run(library, qtype, x) for qtype in C_QUANTIZERS}
     arrays |= {f"bytes_mx_{qtype}": run(library, qtype, x_mx) for qtype in MICROSCALING}
+    importance = make_importance()
+    arrays["imatrix"] = importance
+    for qtype in WITH_IMPORTANCE:  # without one, quantize_q*_K is the _ref already stored
+        if qtype.startswith("IQ"):
+            arrays[f"bytes_{qtype}"] = run_with_importance(library, qtype, x, None)
+        arrays[f"bytes_imatrix_{qtype}"] = run_with_importance(library, qtype, x, importance)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)
     size = args.out.stat().st_size
@@ -159,6 +200,41 @@ def run(library: Path, qtype: str, x: np.ndarray) -> np.ndarray:
     for row, dst in zip(x, out, strict=True):
         fn(row.ctypes.data, dst.ctypes.data, row.size)
     return out
+
+
+def run_with_importance(
+    library: Path, qtype: str, x: np.ndarray, importance: np.ndarray | None
+) -> np.ndarray:
+    """Bytes of ``quantize_<qtype>(x, dst, nrow, n_per_row, importance)`` for all rows of ``x``
+    at once: ``importance`` (float32 [n_per_row], one value per column) or NULL."""
+    lib = ctypes.CDLL(str(library))
+    function, type_size, block_size = WITH_IMPORTANCE[qtype]
+    fn = getattr(lib, function)
+    fn.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
+    fn.restype = ctypes.c_size_t
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.zeros((x.shape[0], x.shape[1] // block_size * type_size), dtype=np.uint8)
+    weights = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32)
+    fn(x.ctypes.data, out.ctypes.data, x.shape[0], x.shape[1],
+       None if weights is None else weights.ctypes.data)  # fmt: skip
+    return out
+
+
+def make_importance(seed: int = 2) -> np.ndarray:
+    """One importance value per column of the 256-wide golden rows, as an importance matrix
+    holds them (means of x²): log-normal over four orders of magnitude, a few columns 100 times
+    the rest (outlier features), and some exact zeros (columns never active)."""
+    rng = np.random.default_rng(seed)
+    importance = np.exp(rng.normal(-2.0, 1.5, 256))
+    importance[rng.choice(256, 6, replace=False)] *= 100
+    importance[rng.choice(256, 4, replace=False)] = 0.0
+    return importance.astype(np.float32)
 
 
 def check_fp16(library: Path) -> None:

@@ -44,6 +44,7 @@ LEGACY = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
 ALL_TYPES = list(gguf.BLOCKS)
 BLOCK_TYPES = LEGACY + K_QUANTS
 MICROSCALING = ["MXFP4", "NVFP4"]  # tests/test_gguf_microscaling.py
+IQUANTS = ["IQ4_NL", "IQ4_XS"]  # tests/test_gguf_iquants.py
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +216,7 @@ def test_block_sizes_equal_ggml_and_bits_per_weight_match_the_course():
     assert bpw == {
         "F32": 32, "F16": 16, "BF16": 16, "Q8_0": 8.5, "Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5,
         "Q5_1": 6.0, "Q2_K": 2.625, "Q3_K": 3.4375, "Q4_K": 4.5, "Q5_K": 5.5, "Q6_K": 6.5625,
-        "MXFP4": 4.25, "NVFP4": 4.5,
+        "MXFP4": 4.25, "NVFP4": 4.5, "IQ4_NL": 4.5, "IQ4_XS": 4.25,
     }  # fmt: skip
 
 
@@ -256,7 +257,7 @@ def test_unpack_block_fields_give_gguf_py_values(qtype):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(BLOCK_TYPES), st.data())
+@given(st.sampled_from(BLOCK_TYPES + IQUANTS + MICROSCALING), st.data())
 def test_pack_block_inverts_unpack_block_on_any_bytes(qtype, data):
     size = gguf.BLOCKS[qtype].type_size
     raw = np.frombuffer(data.draw(st.binary(min_size=size, max_size=size)), dtype=np.uint8)
@@ -301,16 +302,17 @@ def test_stored_sub_block_scales_round_the_searched_ones(qtype):
 
 
 def test_the_registry_holds_every_type_and_each_layout_sums_to_its_type_size():
-    assert list(gguf.BLOCKS) == ["F32", "F16", "BF16", *LEGACY, *K_QUANTS, *MICROSCALING]
+    assert list(gguf.BLOCKS) == ["F32", "F16", "BF16", *IQUANTS, *LEGACY, *K_QUANTS, *MICROSCALING]
     for name, fmt in gguf.BLOCKS.items():
         assert issubclass(fmt, gguf.BlockFormat) and fmt.name == name
         assert sum(size for _, size in fmt.layout) == fmt.type_size
         assert fmt.fields == tuple(spec.name for spec in fmt.field_specs)
-    assert list(gguf.LAYOUTS) == BLOCK_TYPES + MICROSCALING  # the views: block types only
+    assert list(gguf.LAYOUTS) == IQUANTS + BLOCK_TYPES + MICROSCALING  # block types only
     assert dict(gguf.FALLBACK) == {
-        "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"
+        "IQ4_XS": "IQ4_NL", "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1",
+        "Q6_K": "Q8_0",
     }  # fmt: skip
-    for qtype in BLOCK_TYPES + MICROSCALING:  # every field's shape is what unpack gives
+    for qtype in IQUANTS + BLOCK_TYPES + MICROSCALING:  # every field's shape is what unpack gives
         fmt = gguf.BLOCKS[qtype]
         fields = fmt.unpack(np.zeros((3, fmt.type_size), dtype=np.uint8))
         assert list(fields) == list(fmt.fields)

@@ -163,6 +163,9 @@ def _every_result():
         "bitnet ternary": bitnet.weight_quant_ternary(w),
         "gguf Q4_K": gguf.quantize_tensor(w.numpy(), "Q4_K"),
         "gguf MXFP4": gguf.quantize_tensor(w.numpy(), "MXFP4"),
+        "gguf IQ4_XS with importance": gguf.quantize_tensor(
+            w.numpy(), "IQ4_XS", imatrix=x.pow(2).mean(0)
+        ),
         "mx MXFP4": mx.mx_quantize(w, "fp4_e2m1"),
         "mx MXINT8": mx.mx_quantize(w, "int8"),
         "mx NVFP4": mx.nvfp4_quantize(w),

@@ -16,6 +16,10 @@ under an fp16 super-scale. The modules, in reading order:
   whose bit packing, shared with the legacy types, is in :mod:`qlearn.gguf._packing`;
 - :mod:`qlearn.gguf.microscaling`: MXFP4 and NVFP4, E2M1 codes under an E8M0 or UE4M3 scale
   per block, with ggml's own rounding (the formats themselves: :mod:`qlearn.mx`);
+- :mod:`qlearn.gguf.iquants`: IQ4_NL and IQ4_XS, a fixed non-uniform grid of 16 levels under
+  a searched scale, with or without an importance matrix;
+- :mod:`qlearn.gguf.imatrix`: llama.cpp's importance matrix (:func:`importance_matrix`), the
+  mean x² per input column that ``imatrix=`` hands to the types that use it;
 - :mod:`qlearn.gguf.files`: recipes, :func:`save_gguf`, :func:`load_gguf` and the model-level
   :func:`quantize_model` / :func:`quantize_model_` / :func:`quantize_tensors`.
 
@@ -26,7 +30,7 @@ Kawrakow, "k-quants", llama.cpp pull request #1684 (2023). Legacy quantizers as 
 ``gguf/quants.py``. Taught in notebooks/06_gguf.ipynb.
 """
 
-from qlearn.gguf import kquants, legacy, microscaling  # noqa: F401  (defining the types registers them)
+from qlearn.gguf import iquants, kquants, legacy, microscaling  # noqa: F401  (defining the types registers them)
 from qlearn.gguf.files import (
     RECIPES,
     load_gguf,
@@ -53,6 +57,7 @@ from qlearn.gguf.formats import (
     tensor_bytes,
     unpack_block,
 )
+from qlearn.gguf.imatrix import importance_matrix
 
 __all__ = [
     "BLOCKS",
@@ -64,6 +69,7 @@ __all__ = [
     "GGUFTensor",
     "dequantize",
     "fallback_type",
+    "importance_matrix",
     "load_gguf",
     "pack_block",
     "quantize",

@@ -47,6 +47,7 @@ def make_qkx2_quants(
     nstep: int,
     *,
     use_mad: bool,
+    flat_if_max_at_most_min: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``make_qkx2_quants``: codes 0..nmax, scale and min of each sub-block (columns of x).
 
@@ -57,12 +58,12 @@ def make_qkx2_quants(
     the_min [S]) with x ≈ scale·L − the_min.
     """
     nmax_f = f32(nmax)
-    data_min = x.min(axis=0)
-    xmin = np.minimum(data_min, f32(0))
+    data_min = first_min(x)  # C's running min: which zero, −0 or +0, is C's (Q4_1's m shows it)
+    xmin = np.where(data_min > 0, f32(0), data_min)  # C: if (min > 0) min = 0;
     xmax = x.max(axis=0)
     sum_w = sequential_sum(weights)
     sum_x = sequential_sum(weights * x)
-    constant = xmax == xmin
+    constant = xmax <= xmin if flat_if_max_at_most_min else xmax == xmin
     work = np.empty_like(x)
 
     def codes(shift: np.ndarray, iscale: np.ndarray) -> np.ndarray:
@@ -108,15 +109,86 @@ def make_qkx2_quants(
     return L, np.where(constant, f32(0), scale), np.where(constant, -xmin, -cur_min)
 
 
-def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` (Q6_K): symmetric codes in
-    [−nmax, nmax − 1] stored + nmax; the scale with the least x²-weighted error among the
-    absmax grid and 18 grids of nmax ± 0.1·is steps. Returns (L [n, S], scale [S])."""
+def make_qkx3_quants(
+    x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``make_qkx3_quants`` with weights (the importance path of Q4_K and Q5_K): the search of
+    :func:`make_qkx2_quants` to the operation, but a sub-block whose max is at or below its
+    min (all values negative, or all zero) gets codes 0 and scale 0."""
+    return make_qkx2_quants(
+        x, weights, nmax, rmin, rdelta, nstep, use_mad=False, flat_if_max_at_most_min=True
+    )
+
+
+def make_qp_quants(x: np.ndarray, nmax: int, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``make_qp_quants``: the non-negative values x (columns of [n, S], a super-block's
+    sub-block scales or mins) as codes 0..nmax times one scale, weighted by w (their
+    sub-blocks' total importance). The scale nmax/max and 8 others ((nmax ± 0.1k)/max), the
+    best by weighted squared error; then up to 5 rounds that move one code at a time to
+    nearest_int(x·Σwl²/Σwxl) when that raises (Σwxl)²/Σwl². Returns (L [n, S] uint8 as C
+    stores them: a negative code wraps modulo 256, scale [S]); all-small columns (max below
+    1e-15) give 0."""
+    n = x.shape[0]
+    top = np.zeros(x.shape[1], dtype=f32)
+    for i in range(n):  # C: max = MAX(max, x[i])
+        top = np.where(top > x[i], top, x[i])
+    zero = top < GROUP_MAX_EPS
+    with np.errstate(all="ignore"):
+        top = np.where(zero, f32(1), top)
+        iscale = f32(nmax) / top
+        scale = f32(1) / iscale
+        wrapped = (nearest_int(iscale * x) & 0xFF).astype(f32)
+        diff = x - scale * wrapped
+        best = sequential_sum(w * diff * diff)
+        for k in (-4, -3, -2, -1, 1, 2, 3, 4):
+            iscale_k = (f32(0.1) * f32(k) + f32(nmax)) / top
+            scale_k = f32(1) / iscale_k
+            lk = np.minimum(nmax, nearest_int(iscale_k * x)).astype(f32)
+            diff = x - scale_k * lk
+            mse = sequential_sum(w * diff * diff)
+            better = mse < best
+            best = np.where(better, mse, best)
+            iscale = np.where(better, iscale_k, iscale)
+        lint = np.minimum(nmax, nearest_int(iscale * x))
+        L = (lint & 0xFF).astype(np.int32)
+        sumlx = sequential_sum(w * x * lint.astype(f32))
+        suml2 = sequential_sum(w * lint.astype(f32) * lint.astype(f32))
+        active = ~zero
+        for _ in range(5):
+            changed = np.zeros_like(active)
+            for i in range(n):
+                li = L[i].astype(f32)
+                slx = sumlx - w[i] * x[i] * li
+                sl2 = suml2 - w[i] * li * li
+                tried = active & (slx > 0) & (sl2 > 0)
+                new = np.minimum(nmax, nearest_int(x[i] * sl2 / np.where(tried, slx, f32(1))))
+                newf = new.astype(f32)
+                slx = slx + w[i] * x[i] * newf
+                sl2 = sl2 + w[i] * newf * newf
+                accept = tried & (new != L[i]) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+                L[i] = np.where(accept, new & 0xFF, L[i])
+                sumlx = np.where(accept, slx, sumlx)
+                suml2 = np.where(accept, sl2, suml2)
+                changed |= accept
+            active &= changed
+        result = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, f32(1)), f32(0))
+    L[:, zero] = 0
+    return L.astype(np.uint8), np.where(zero, f32(0), result).astype(f32)
+
+
+def make_qx_quants(
+    x: np.ndarray, nmax: int, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`` (Q6_K): symmetric codes in
+    [−nmax, nmax − 1] stored + nmax; the scale with the least weighted error among the absmax
+    grid and 18 grids of nmax ± 0.1·is steps, weighted by x² or, with an importance matrix, by
+    ``weights`` (its values as they are: Q6_K's importance path does not multiply them by
+    √(σ² + x²)). Returns (L [n, S], scale [S])."""
     nmax_f = f32(nmax)
     amax, vmax = first_max_abs(x, return_amax=True)
     zero = amax < GROUP_MAX_EPS
     data_min, data_max = x.min(axis=0), x.max(axis=0)
-    w = x * x
+    w = x * x if weights is None else weights
     wx = w * x
     work, tmp = np.empty_like(x), np.empty_like(x)
 
@@ -265,6 +337,15 @@ def sequential_sum(a: np.ndarray) -> np.ndarray:
     for row in a[1:]:
         total += row
     return total
+
+
+def first_min(x: np.ndarray) -> np.ndarray:
+    """C's ``min = x[0]; for i: if (x[i] < min) min = x[i];`` over axis 0 of [n, S]: the first
+    of the smallest values, so that of −0 and +0 the one that comes first."""
+    m = x[0].copy()
+    for i in range(1, x.shape[0]):
+        m = np.where(x[i] < m, x[i], m)
+    return m
 
 
 def first_max_abs(x: np.ndarray, *, return_amax: bool = False):

@@ -76,7 +76,9 @@ def tensor_shapes(model: Any) -> dict[str, tuple[int, ...]]:
     return {name: tuple(t.shape) for name, (_, t) in _gguf_tensors(model).items()}
 
 
-def quantize_model(model: Any, recipe: str | Mapping[str, str]) -> Any:
+def quantize_model(
+    model: Any, recipe: str | Mapping[str, str], *, imatrix: Mapping[str, Any] | None = None
+) -> Any:
     """A copy of ``model`` whose decoder linear weights are quantized to ``recipe``'s types and
     dequantized again (GGUF's round trip, in memory); ``model`` is left untouched.
     See :func:`quantize_model_`. Taught in notebooks/06_gguf.ipynb."""
@@ -84,38 +86,52 @@ def quantize_model(model: Any, recipe: str | Mapping[str, str]) -> Any:
 
     _recipe_rule(recipe)
     require_in_memory(model, "quantize it in place, layer by layer, with gguf.quantize_model_")
-    return quantize_model_(copy.deepcopy(model), recipe)
+    return quantize_model_(copy.deepcopy(model), recipe, imatrix=imatrix)
 
 
-def quantize_model_(model: Any, recipe: str | Mapping[str, str]) -> Any:
+def quantize_model_(
+    model: Any, recipe: str | Mapping[str, str], *, imatrix: Mapping[str, Any] | None = None
+) -> Any:
     """In place: replace every decoder linear weight by ``dequantize(quantize(W, t), t)`` with
     ``t`` its type under ``recipe`` (see :func:`recipe_types`); return ``model``.
 
     Embeddings, norms and the LM head are kept, as in the course's anchor figures; the values
     are those a GGUF file written by :func:`save_gguf` holds (:func:`quantize_tensors`' bytes).
     A model that accelerate offloads is quantized one decoder layer in memory at a time
-    (``qlearn.offload.linear_layers_onloaded``). Taught in notebooks/06_gguf.ipynb (perplexity
-    per type).
+    (``qlearn.offload.linear_layers_onloaded``). ``imatrix``: ``{layer name: one value per
+    input column}`` (:func:`qlearn.gguf.importance_matrix`), used as ``llama-quantize --imatrix``
+    uses it: the legacy types but Q8_0, the k-quants and IQ4_NL / IQ4_XS take it (their
+    ``quantize_*`` importance paths, byte for byte); F32, F16, BF16, Q8_0, MXFP4 and NVFP4 are
+    quantized without it, as ggml's quantizers ignore it. Taught in notebooks/06_gguf.ipynb
+    (perplexity per type).
     """
     from qlearn.offload import linear_layers_onloaded
 
     types = _layer_types(model, recipe)
+    _check_model_imatrix(imatrix, model)
     for layer_name, layer in linear_layers_onloaded(model):
-        _layers.set_weight_(layer, _quantize_layer(layer, types[layer_name]).dequantize())
+        tensor = _quantize_layer(layer, types[layer_name], _importance_of(imatrix, layer_name))
+        _layers.set_weight_(layer, tensor.dequantize())
     return model
 
 
-def quantize_tensors(model: Any, recipe: str | Mapping[str, str]) -> dict[str, GGUFTensor]:
+def quantize_tensors(
+    model: Any, recipe: str | Mapping[str, str], *, imatrix: Mapping[str, Any] | None = None
+) -> dict[str, GGUFTensor]:
     """``{layer name: GGUFTensor}`` for every decoder linear layer of ``model`` (the names
     :func:`qlearn.models.linear_layers` yields, e.g. ``model.layers.0.mlp.down_proj``): its
     [out, in] weight in its type under ``recipe`` (:func:`recipe_types`), the bytes a GGUF
     file holds. Sum their ``nbytes()`` for the decoder's size; ``model`` is left untouched.
-    Taught in notebooks/13_capstone.ipynb.
+    ``imatrix`` as for :func:`quantize_model_`. Taught in notebooks/13_capstone.ipynb.
     """
     from qlearn.models import linear_layers
 
     types = _layer_types(model, recipe)
-    return {name: _quantize_layer(layer, types[name]) for name, layer in linear_layers(model)}
+    _check_model_imatrix(imatrix, model)
+    return {
+        name: _quantize_layer(layer, types[name], _importance_of(imatrix, name))
+        for name, layer in linear_layers(model)
+    }
 
 
 def _layer_types(model: Any, recipe: str | Mapping[str, str]) -> dict[str, str]:
@@ -128,9 +144,32 @@ def _layer_types(model: Any, recipe: str | Mapping[str, str]) -> dict[str, str]:
     }
 
 
-def _quantize_layer(layer: Any, qtype: str) -> GGUFTensor:
-    """The layer's [out, in] weight as a GGUF tensor of type ``qtype``."""
-    return quantize_tensor(_layers.weight_of(layer).detach().float().cpu().numpy(), qtype)
+def _quantize_layer(layer: Any, qtype: str, importance: Any = None) -> GGUFTensor:
+    """The layer's [out, in] weight as a GGUF tensor of type ``qtype`` (with its importance for
+    the types that take one; ggml's other types ignore it)."""
+    values = _layers.weight_of(layer).detach().float().cpu().numpy()
+    if importance is not None and not BLOCKS[qtype].takes_importance:
+        importance = None
+    return quantize_tensor(values, qtype, imatrix=importance)
+
+
+def _check_model_imatrix(imatrix: Any, model: Any) -> None:
+    """An importance for every decoder linear layer (the types that ignore it get none)."""
+    from qlearn.models import linear_layers
+
+    if imatrix is None:
+        return
+    if not isinstance(imatrix, Mapping):
+        raise TypeError(f"imatrix: expected {{layer name: tensor}}, got {type(imatrix).__name__}")
+    for name, _ in linear_layers(model):
+        if name not in imatrix:
+            raise ValueError(
+                f"imatrix: no importance for {name}; importance_matrix gives every layer"
+            )
+
+
+def _importance_of(imatrix: Mapping[str, Any] | None, name: str) -> Any:
+    return None if imatrix is None else imatrix[name]
 
 
 def save_gguf(

@@ -115,6 +115,10 @@ class BlockFormat:
     field_specs: ClassVar[tuple[Field, ...]] = ()
     fallback: ClassVar[str | None] = None
     search_limit: ClassVar[float] = math.inf
+    takes_importance: ClassVar[bool] = False
+    """True for the types whose ``quantize(blocks, importance)`` takes per-weight importance
+    (:meth:`importance_weights` of the importance matrix): Q4_0 … Q5_1, Q2_K … Q6_K, IQ4_NL,
+    IQ4_XS."""
     chunk: ClassVar[int] = 1 << 14  # blocks per piece of work in quantize
     # derived from the above when the class is defined
     type_size: ClassVar[int]
@@ -140,6 +144,13 @@ class BlockFormat:
         raise TypeError(
             f"{cls.__name__} is a format, used as a class: {cls.__name__}.quantize(...)"
         )
+
+    @classmethod
+    def importance_weights(cls, rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
+        """What ``quantize(blocks, importance)`` receives for ``rows`` (float32 [..., n]) and
+        an importance matrix (float32 [n]): the matrix broadcast over the rows; a type whose
+        weights depend on the whole row (the legacy types' σ²) computes them here."""
+        return np.ascontiguousarray(np.broadcast_to(imatrix, rows.shape))
 
     @classmethod
     def quantize(cls, blocks: np.ndarray) -> Fields:
@@ -260,7 +271,9 @@ class BF16(_Float):
 # ---------------------------------------------------------------------------------------------
 
 
-def quantize(data: Any, qtype: str, *, threads: int | None = None) -> np.ndarray:
+def quantize(
+    data: Any, qtype: str, *, threads: int | None = None, imatrix: Any = None
+) -> np.ndarray:
     """Quantize ``data`` (float, last dimension a multiple of the block) to GGUF ``qtype`` bytes.
 
     Returns uint8 of shape ``(*data.shape[:-1], n_blocks · type_size)``, as
@@ -268,16 +281,23 @@ def quantize(data: Any, qtype: str, *, threads: int | None = None) -> np.ndarray
     Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/BF16 give gguf-py's bytes, Q2_K…Q6_K those of llama.cpp's
     ``quantize_row_q*_K_ref`` (no importance matrix). Blocks are processed in chunks, on
     ``threads`` threads (default: torch's thread count); the bytes never depend on it.
+    ``imatrix``: an importance matrix for this tensor, one non-negative value per input column
+    (the last dimension), as ``llama-quantize --imatrix`` passes to ggml's ``quantize_*``
+    (:func:`qlearn.gguf.importance_matrix` computes one); only the types with
+    ``takes_importance`` (Q4_0 … Q5_1, Q2_K … Q6_K, IQ4_NL, IQ4_XS) accept it.
     Taught in notebooks/06_gguf.ipynb.
     """
     fmt = _check_qtype(qtype)
     x = _float32_rows(data, "data", fmt)
     threads = _check_threads(threads)
+    importance = None if imatrix is None else _check_imatrix(imatrix, fmt, x.shape[-1])
     if fmt.block_size == 1:
         with np.errstate(over="ignore"):  # beyond fp16's range: inf, as gguf-py
             return fmt.pack(fmt.quantize(x)).reshape(*x.shape[:-1], -1)
     blocks = x.reshape(-1, fmt.block_size)
-    raw = _apply_in_chunks(fmt, blocks, threads)
+    if importance is not None:
+        importance = fmt.importance_weights(x, importance).reshape(blocks.shape)
+    raw = _apply_in_chunks(fmt, blocks, threads, importance)
     return raw.reshape(*x.shape[:-1], x.shape[-1] // fmt.block_size * fmt.type_size)
 
 
@@ -397,10 +417,12 @@ class GGUFTensor:
         return _bits_per_weight(self.nbytes(), math.prod(self.shape))
 
 
-def quantize_tensor(data: Any, qtype: str, *, threads: int | None = None) -> GGUFTensor:
+def quantize_tensor(
+    data: Any, qtype: str, *, threads: int | None = None, imatrix: Any = None
+) -> GGUFTensor:
     """``data`` (numpy or torch floats) stored as GGUF ``qtype``: :func:`quantize`'s bytes with
     their type and shape, a :class:`qlearn.Quantized`. Taught in notebooks/13_capstone.ipynb."""
-    raw = quantize(data, qtype, threads=threads)
+    raw = quantize(data, qtype, threads=threads, imatrix=imatrix)
     return GGUFTensor(raw, qtype, tuple(int(n) for n in data.shape))
 
 
@@ -409,7 +431,9 @@ def quantize_tensor(data: Any, qtype: str, *, threads: int | None = None) -> GGU
 # ---------------------------------------------------------------------------------------------
 
 
-def _apply_in_chunks(fmt: type[BlockFormat], blocks: np.ndarray, threads: int) -> np.ndarray:
+def _apply_in_chunks(
+    fmt: type[BlockFormat], blocks: np.ndarray, threads: int, importance: np.ndarray | None = None
+) -> np.ndarray:
     """pack(quantize(blocks)) over pieces of ``fmt.chunk`` blocks, on ``threads`` threads
     (numpy releases the GIL inside its loops). Every piece is independent: same bytes."""
     out = np.empty((blocks.shape[0], fmt.type_size), dtype=np.uint8)
@@ -419,7 +443,10 @@ def _apply_in_chunks(fmt: type[BlockFormat], blocks: np.ndarray, threads: int) -
     def work(start: int) -> None:
         piece = blocks[start : start + chunk]
         with np.errstate(all="ignore"):  # inf/NaN lanes are computed and then discarded, as C
-            fields = fmt.quantize(piece)
+            if importance is None:
+                fields = fmt.quantize(piece)
+            else:
+                fields = fmt.quantize(piece, importance[start : start + chunk])
             out[start : start + chunk] = fmt.pack(fields)
         scales = [v for v in fields.values() if v.dtype == f16]
         if any(not np.isfinite(v).all() for v in scales):
@@ -442,6 +469,25 @@ def _apply_in_chunks(fmt: type[BlockFormat], blocks: np.ndarray, threads: int) -
             stacklevel=3,
         )
     return out
+
+
+def _check_imatrix(imatrix: Any, fmt: type[BlockFormat], columns: int) -> np.ndarray:
+    """An importance matrix for rows of ``columns``: float32 [columns], finite, non-negative."""
+    if not fmt.takes_importance:
+        takers = ", ".join(n for n, f in _REGISTRY.items() if f.takes_importance)
+        raise ValueError(
+            f"imatrix: {fmt.name} takes no importance matrix here (these do: {takers})"
+        )
+    if isinstance(imatrix, torch.Tensor):
+        imatrix = imatrix.detach().float().cpu().numpy()
+    values = np.asarray(imatrix, dtype=f32)
+    if values.shape != (columns,):
+        raise ValueError(
+            f"imatrix: expected one value per input column, shape ({columns},), got {values.shape}"
+        )
+    if not np.isfinite(values).all() or (values < 0).any():
+        raise ValueError("imatrix: expected finite, non-negative values (a mean of x² per column)")
+    return values
 
 
 def _check_qtype(qtype: Any, *, blocks_only: bool = False) -> type[BlockFormat]:

@@ -79,8 +79,12 @@ class Q2_K(_KQuant):
         nb = blocks.shape[0]
         return x, L, scales.reshape(nb, -1), mins.reshape(nb, -1)
 
+    takes_importance = True
+
     @classmethod
-    def quantize(cls, blocks: np.ndarray) -> Fields:
+    def quantize(cls, blocks: np.ndarray, importance: np.ndarray | None = None) -> Fields:
+        if importance is not None:
+            return cls._quantize_with_importance(blocks, importance)
         nb = blocks.shape[0]
         x, L, scales, mins = cls.search(blocks)
         max_scale, max_min = _running_max(scales), _running_max(mins)
@@ -98,6 +102,27 @@ class Q2_K(_KQuant):
         L = _requantize(x, L, d_sub, dm_sub, 0, 3)
         return {"d": d, "dmin": dmin, "scales": (sc & 0xF).astype(np.uint8),
                 "mins": (sc >> 4).astype(np.uint8), "q": _by_block(L, nb, 16)}  # fmt: skip
+
+    @classmethod
+    def _quantize_with_importance(cls, blocks: np.ndarray, importance: np.ndarray) -> Fields:
+        """``quantize_row_q2_K_impl``: weights imatrix · √(σ² + x²) (σ² = mean x² of the
+        super-block), ``make_qkx3_quants`` per sub-block of 16, the 4-bit scales and mins by
+        ``make_qp_quants`` weighted by each sub-block's total weight."""
+        nb = blocks.shape[0]
+        sigma2 = kq.sequential_sum(np.ascontiguousarray((blocks * blocks).T)) / f32(QK_K)
+        x = kq.by_element(blocks, 16)
+        weights = kq.by_element(importance, 16) * np.sqrt(np.repeat(sigma2, 16)[None, :] + x * x)
+        sub_weight = np.ascontiguousarray(kq.sequential_sum(weights).reshape(nb, 16).T)
+        L, scales, mins = kq.make_qkx3_quants(x, weights, 3, -0.9, 0.05, 36)
+        ls, d = kq.make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 15, sub_weight)
+        lm, dmin = kq.make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 16).T), 15, sub_weight)
+        byte = ls.T | (lm.T << 4)  # uint8: C's scales[j] = Ls[j] | (Lm[j] << 4)
+        d, dmin = d.astype(f16), dmin.astype(f16)
+        d_sub = d.astype(f32)[:, None] * (byte & 0xF).astype(f32)
+        dm_sub = dmin.astype(f32)[:, None] * (byte >> 4).astype(f32)
+        L = _requantize(x, L, d_sub, dm_sub, 0, 3)
+        return {"d": d, "dmin": dmin, "scales": (byte & 0xF).astype(np.uint8),
+                "mins": (byte >> 4).astype(np.uint8), "q": _by_block(L, nb, 16)}  # fmt: skip
 
     @classmethod
     def pack(cls, fields: Fields) -> np.ndarray:
@@ -144,8 +169,12 @@ class Q3_K(_KQuant):
         L, scales = kq.make_q3_quants(x, 4)
         return x, L, scales.reshape(blocks.shape[0], -1), None
 
+    takes_importance = True
+
     @classmethod
-    def quantize(cls, blocks: np.ndarray) -> Fields:
+    def quantize(cls, blocks: np.ndarray, importance: np.ndarray | None = None) -> Fields:
+        if importance is not None:
+            return cls._quantize_with_importance(blocks, importance)
         nb = blocks.shape[0]
         x, L, scales, _ = cls.search(blocks)
         max_scale = kq.first_max_abs(scales.T)
@@ -158,6 +187,27 @@ class Q3_K(_KQuant):
         L = _requantize(x, L, d_sub, None, -4, 3, offset=4)
         q = _by_block(L, nb, 16).astype(np.int8) - np.int8(4)
         return {"d": d, "scales": ls.astype(np.int8), "q": q}
+
+    @classmethod
+    def _quantize_with_importance(cls, blocks: np.ndarray, importance: np.ndarray) -> Fields:
+        """``quantize_row_q3_K_impl``: weights imatrix · √(σ² + x²) (σ² = 2 · mean x² of the
+        super-block), ``make_qx_quants`` per sub-block of 16, and the 16 scales themselves
+        by ``make_qx_quants`` (32 levels each side) weighted by each sub-block's total weight,
+        not by −max / 32."""
+        nb = blocks.shape[0]
+        sum_x2 = kq.sequential_sum(np.ascontiguousarray((blocks * blocks).T))
+        sigma2 = f32(2) * sum_x2 / f32(QK_K)
+        x = kq.by_element(blocks, 16)
+        weights = kq.by_element(importance, 16) * np.sqrt(np.repeat(sigma2, 16)[None, :] + x * x)
+        sub_weight = np.ascontiguousarray(kq.sequential_sum(weights).reshape(nb, 16).T)
+        L, scales = kq.make_qx_quants(x, 4, weights)
+        ls, d = kq.make_qx_quants(np.ascontiguousarray(scales.reshape(nb, 16).T), 32, sub_weight)
+        ls = (ls.T & 63).astype(np.int8) - np.int8(32)  # stored as 6 bits: ls + 32
+        d = d.astype(f16)
+        d_sub = d.astype(f32)[:, None] * ls.astype(f32)
+        L = _requantize(x, L, d_sub, None, -4, 3, offset=4)
+        q = _by_block(L, nb, 16).astype(np.int8) - np.int8(4)
+        return {"d": d, "scales": ls, "q": q}
 
     @classmethod
     def pack(cls, fields: Fields) -> np.ndarray:
@@ -222,8 +272,12 @@ class _Sub32KQuant(_KQuant, register=False):
         nb = blocks.shape[0]
         return x, L, scales.reshape(nb, -1), mins.reshape(nb, -1)
 
+    takes_importance = True
+
     @classmethod
-    def quantize(cls, blocks: np.ndarray) -> Fields:
+    def quantize(cls, blocks: np.ndarray, importance: np.ndarray | None = None) -> Fields:
+        if importance is not None:
+            return cls._quantize_with_importance(blocks, importance)
         nb = blocks.shape[0]
         x, L, scales, mins = cls.search(blocks)
         max_scale, max_min = _running_max(scales), _running_max(mins)
@@ -244,6 +298,31 @@ class _Sub32KQuant(_KQuant, register=False):
         d = (fields["d"].astype(f32)[:, None] * fields["scales"].astype(f32))[:, :, None]
         dm = (fields["dmin"].astype(f32)[:, None] * fields["mins"].astype(f32))[:, :, None]
         return (d * fields["q"].reshape(-1, 8, 32).astype(f32) - dm).reshape(-1, QK_K)
+
+    @classmethod
+    def _quantize_with_importance(cls, blocks: np.ndarray, importance: np.ndarray) -> Fields:
+        """``quantize_row_q4_K_impl`` / ``quantize_row_q5_K_impl`` with ``quant_weights``:
+        weights imatrix · √(σ² + x²) (σ² = 2 · mean x² of the super-block), the sub-block
+        search ``make_qkx3_quants`` (rmin −0.9, 37 grids), and the 6-bit scales and mins by
+        ``make_qp_quants`` weighted by each sub-block's total weight, not by max / 63."""
+        nb = blocks.shape[0]
+        sum_x2 = kq.sequential_sum(np.ascontiguousarray((blocks * blocks).T))
+        sigma2 = f32(2) * sum_x2 / f32(QK_K)  # C: 2*sum_x2/QK_K
+        x = kq.by_element(blocks, 32)
+        weights = kq.by_element(importance, 32) * np.sqrt(np.repeat(sigma2, 8)[None, :] + x * x)
+        sub_weight = kq.sequential_sum(weights).reshape(nb, 8)
+        L, scales, mins = kq.make_qkx3_quants(x, weights, cls.nmax, -0.9, 0.05, 36)
+        ls, d = kq.make_qp_quants(np.ascontiguousarray(scales.reshape(nb, 8).T), 63, sub_weight.T)
+        lm, dmin = kq.make_qp_quants(np.ascontiguousarray(mins.reshape(nb, 8).T), 63, sub_weight.T)
+        ls, lm = ls.T, lm.T
+        if cls.nmax == 31:  # quantize_row_q5_K_impl clamps them; Q4_K's stores them as they are
+            ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
+        sc, m = cls._unpack_scales(cls._pack_scales(ls, lm))  # C reads back what it wrote
+        d, dmin = d.astype(f16), dmin.astype(f16)
+        d_sub = d.astype(f32)[:, None] * sc.astype(f32)
+        dm_sub = dmin.astype(f32)[:, None] * m.astype(f32)
+        L = _requantize(x, L, d_sub, dm_sub, 0, cls.nmax)
+        return {"d": d, "dmin": dmin, "scales": sc, "mins": m, "q": _by_block(L, nb, 32)}
 
     @staticmethod
     def _pack_scales(scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
@@ -340,16 +419,23 @@ class Q6_K(_KQuant):
     fallback = Q8_0.name
     search_limit = 6.9e12  # x³ terms overflow float32 beyond
 
+    takes_importance = True
+
     @classmethod
-    def search(cls, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
+    def search(
+        cls, blocks: np.ndarray, importance: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any]:
         x = kq.by_element(blocks, 16)
-        L, scales = kq.make_qx_quants(x, 32)
+        weights = None if importance is None else kq.by_element(importance, 16)
+        L, scales = kq.make_qx_quants(x, 32, weights)
         return x, L, scales.reshape(blocks.shape[0], -1), None
 
     @classmethod
-    def quantize(cls, blocks: np.ndarray) -> Fields:
+    def quantize(cls, blocks: np.ndarray, importance: np.ndarray | None = None) -> Fields:
+        """``quantize_row_q6_K_ref``, or with ``importance`` ``quantize_row_q6_K_impl``: the
+        same steps with the sub-block search weighted by the importance matrix itself."""
         nb = blocks.shape[0]
-        x, L, scales, _ = cls.search(blocks)
+        x, L, scales, _ = cls.search(blocks, importance)
         max_scale = kq.first_max_abs(scales.T)
         empty = np.abs(max_scale) < kq.GROUP_MAX_EPS  # C: memset(block, 0)
         iscale = f32(-128) / _nonzero(max_scale)

@@ -26,6 +26,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from qlearn.gguf import _kquant_search as kq
 from qlearn.gguf._packing import concat, fp16
 from qlearn.gguf.formats import BlockFormat, Field, Fields
 
@@ -113,12 +114,31 @@ class _Blocks32(BlockFormat, register=False):
         return fields
 
 
-class _Absmax32(_Blocks32, register=False):
+class _Weighted32(_Blocks32, register=False):
+    """The importance path of the legacy types (``quantize_row_q4_0_impl`` … ``_q5_1_impl``):
+    weights imatrix · √(σ² + x²) with σ² the mean x² of the whole row (not of the block)."""
+
+    takes_importance = True
+
+    @classmethod
+    def importance_weights(cls, rows: np.ndarray, imatrix: np.ndarray) -> np.ndarray:
+        flat = rows.reshape(-1, rows.shape[-1])
+        with np.errstate(over="ignore", invalid="ignore"):  # |x| ≳ 1.8e19: inf/NaN, as in C
+            sigma2 = kq.sequential_sum(np.ascontiguousarray((flat * flat).T)) / f32(rows.shape[-1])
+            weights = imatrix * np.sqrt(sigma2[:, None] + flat * flat)
+        return weights.reshape(rows.shape).astype(f32)
+
+
+class _Absmax32(_Weighted32, register=False):
     """Q4_0 (16 levels), Q5_0 (32): m = the first value of largest |x|, d = m / −(levels/2),
     q = min(levels − 1, trunc(x / d + levels/2 + 0.5)); x ≈ d·(q − levels/2)."""
 
     @classmethod
-    def quantize(cls, blocks: np.ndarray) -> Fields:
+    def quantize(cls, blocks: np.ndarray, importance: np.ndarray | None = None) -> Fields:
+        if importance is not None:  # make_qx_quants(32, levels / 2, …, weights): codes as found
+            x, w = kq.by_element(blocks, 32), kq.by_element(importance, 32)
+            L, scale = kq.make_qx_quants(x, cls.levels // 2, w)
+            return {"d": scale.astype(f16), "q": L.T.astype(np.uint8)}
         levels = cls.levels
         t = torch.from_numpy(blocks)
         m = _first_largest_magnitude(blocks, t)
@@ -135,12 +155,17 @@ class _Absmax32(_Blocks32, register=False):
         return fields["d"].astype(f32)[:, None] * q
 
 
-class _MinMax32(_Blocks32, register=False):
+class _MinMax32(_Weighted32, register=False):
     """Q4_1 (16 levels), Q5_1 (32): d = (max − min) / (levels − 1), m = min,
     q = min(levels − 1, trunc((x − min) / d + 0.5)); x ≈ d·q + m."""
 
     @classmethod
-    def quantize(cls, blocks: np.ndarray) -> Fields:
+    def quantize(cls, blocks: np.ndarray, importance: np.ndarray | None = None) -> Fields:
+        if importance is not None:  # make_qkx3_quants(32, levels − 1, …, −0.9, 0.05, 36)
+            x, w = kq.by_element(blocks, 32), kq.by_element(importance, 32)
+            L, scale, the_min = kq.make_qkx3_quants(x, w, cls.levels - 1, -0.9, 0.05, 36)
+            q = L.T.astype(np.uint8)
+            return {"d": scale.astype(f16), "m": (-the_min).astype(f16), "q": q}
         levels = cls.levels
         t = torch.from_numpy(blocks)
         lo, hi = _row_extreme(blocks, t, "min"), _row_extreme(blocks, t, "max")
