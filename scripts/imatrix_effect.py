@@ -19,20 +19,16 @@ import copy
 import math
 import time
 
-import torch
+from _course_importance import model_text_and_importance
 
-from qlearn import data, evaluate, gguf, models
+from qlearn import evaluate, gguf, models
 
 TOKENS, KL_TOKENS = 2048, 512
 
 
 def main() -> None:
-    torch.manual_seed(0)
     started = time.perf_counter()
-    model, tokenizer = models.load_model()
-    text, emma = data.load_text("pride_and_prejudice"), data.load_text("emma")
-    windows = data.calibration_windows(tokenizer, emma, n_samples=32, seqlen=512, seed=0)
-    imatrix = gguf.importance_matrix(model, windows)
+    model, tokenizer, text, imatrix = model_text_and_importance()
     print(f"importance matrix of {len(imatrix)} layers in {time.perf_counter() - started:.0f} s")
     baseline = evaluate.kl_baseline(model, tokenizer, text, max_tokens=KL_TOKENS, window=KL_TOKENS)
     fp32 = evaluate.perplexity(model, tokenizer, text, max_tokens=TOKENS)
