@@ -131,7 +131,7 @@ class CodebookQuantized:
         """Each weight's centroid, float32, in the weight's shape."""
         grouped = _grouped(self.codes, self.granularity, self.group_size).long()
         values = torch.gather(self.codebooks.float(), 1, grouped)
-        return _ungrouped(values, self.granularity, self.group_size, self.shape)
+        return values.reshape(self.shape)  # every grouping is a reshape of the row-major weight
 
     def nbytes(self) -> float:
         """``bits`` per code, packed, plus 2 bytes per centroid of every code book."""
@@ -176,7 +176,7 @@ def codebook_quantize(
     result = kmeans(values, 1 << bits, weights=wg, seed=seed, max_iter=max_iter, tol=tol)
     books = torch.sort(result.centroids, dim=1).values.to(torch.float16)
     codes = _nearest(values, books.double()).to(torch.uint8)
-    shaped = _ungrouped(codes, granularity, group_size, weight.shape)
+    shaped = codes.reshape(weight.shape)
     return CodebookQuantized(shaped, books, bits, granularity, group_size, torch.Size(weight.shape))
 
 
@@ -367,10 +367,3 @@ def _grouped(t: torch.Tensor, granularity: str, group_size: int) -> torch.Tensor
     if granularity == "channel":
         return t.reshape(t.shape[0], -1)
     return t.reshape(-1, group_size)
-
-
-def _ungrouped(
-    t: torch.Tensor, granularity: str, group_size: int, shape: torch.Size
-) -> torch.Tensor:
-    del granularity, group_size  # every grouping is a reshape of the row-major weight
-    return t.reshape(shape)
