@@ -22,6 +22,7 @@ import torch
 from gguf import GGMLQuantizationType
 
 from qlearn import gguf, models
+from qlearn.gguf import iquants
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "data" / "gguf_golden" / "golden.npz"
@@ -98,6 +99,41 @@ def test_dequantize_equals_gguf_py(golden, qtype):
     raw = gguf.quantize(golden["input"][:60], qtype, imatrix=golden["imatrix"])
     theirs = gguf_py.quants.dequantize(raw, GGMLQuantizationType[qtype]).astype(np.float32)
     assert np.array_equal(gguf.dequantize(raw, qtype).view(np.uint32), theirs.view(np.uint32))
+
+
+def _best_index_int8(x: float) -> int:
+    """ggml's ``best_index_int8(16, kvalues_iq4nl, x)`` written out: a binary search, then the
+    nearer of the two levels around x, the upper one on a tie (differences in float32)."""
+    levels = [int(v) for v in iquants.KVALUES_IQ4NL]
+    x = np.float32(x)
+    if x <= levels[0]:  # (a NaN fails every comparison: level 15)
+        return 0
+    if x >= levels[-1]:
+        return 15
+    low, high = 0, 15
+    while high - low > 1:
+        middle = (low + high) // 2
+        if x < levels[middle]:
+            high = middle
+        else:
+            low = middle
+    return high - 1 if x - np.float32(levels[high - 1]) < np.float32(levels[high]) - x else high
+
+
+def test_nearest_level_equals_ggml_binary_search():
+    """The look-up by ⌊2x⌋ decides as C's search does on every midpoint, the floats on either
+    side of it and of every level, signed zeros, subnormals, infinities, NaN, random values."""
+    levels = iquants.KVALUES_IQ4NL.astype(np.float32)
+    midpoints = (levels[:-1] + levels[1:]) / 2
+    edges = np.concatenate([midpoints, levels])
+    special = [0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, -1e30, 1e30, np.inf, -np.inf, np.nan]
+    special = np.array(special, np.float32)
+    values = np.concatenate([
+        edges, np.nextafter(edges, np.float32(-np.inf)), np.nextafter(edges, np.float32(np.inf)),
+        special, np.random.default_rng(0).uniform(-140, 130, 5000).astype(np.float32),
+    ])  # fmt: skip
+    got = iquants._best_index(values[None, :])[0]
+    assert got.tolist() == [_best_index_int8(v) for v in values]
 
 
 def test_an_iq4_xs_block_by_hand():

@@ -30,7 +30,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-import torch
 
 from qlearn.gguf import _kquant_search as kq
 from qlearn.gguf._packing import concat, fp16
@@ -44,25 +43,38 @@ KVALUES_IQ4NL = np.array(
 )
 """ggml's ``kvalues_iq4nl``: the 16 levels of IQ4_NL and IQ4_XS, indexed by their code."""
 _LEVELS = KVALUES_IQ4NL.astype(f32)
-_LEVELS_T = torch.from_numpy(_LEVELS)
+# Two neighbouring levels' midpoint is a multiple of ½ (−115.5, −93.5, …, 101), so whether x
+# lies at or above it is decided by ⌊2x⌋ alone: each ⌊2x⌋ in [−256, 255] maps to its level's index.
+_HALF_STEPS = np.arange(-256, 256, dtype=f32)
+_INDEX_BY_HALF_STEP = (_HALF_STEPS[:, None] >= _LEVELS[:-1] + _LEVELS[1:]).sum(axis=1)
+_INDEX_BY_HALF_STEP = _INDEX_BY_HALF_STEP.astype(np.uint8)
+_LEVEL_BY_HALF_STEP = _LEVELS[_INDEX_BY_HALF_STEP]
 _NTRY = 7  # llama-quantize's: quantize_iq4_nl / quantize_iq4_xs pass 7
 _GROUP_MAX_EPS = f32(1e-15)
 
 
+def _half_steps(x: np.ndarray) -> np.ndarray:
+    """⌊2x⌋ clamped to [−256, 255], shifted to [0, 511]: the row of x in the tables above."""
+    t = np.fmin(np.floor(x + x), f32(255))  # fmin: a NaN (0 · inf) becomes 255, level 15, as C
+    np.maximum(t, f32(-256), out=t)
+    return t.astype(np.int32) + 256
+
+
 def _best_index(x: np.ndarray) -> np.ndarray:
-    """``best_index_int8(16, kvalues_iq4nl, x)``: the nearest level, the upper one on a tie."""
-    # searchsorted(side="right"), by torch's bucketize: the same indices, twice as fast
-    upper = torch.bucketize(torch.from_numpy(x), _LEVELS_T, right=True).clamp_(1, 15).numpy()
-    lower_closer = (x - _LEVELS[upper - 1]) < (_LEVELS[upper] - x)
-    index = np.where(lower_closer, upper - 1, upper)
-    index = np.where(x <= _LEVELS[0], 0, np.where(x >= _LEVELS[15], 15, index))
-    return index.astype(np.uint8)
+    """``best_index_int8(16, kvalues_iq4nl, x)``: the nearest level, the upper one on a tie.
+
+    C compares x − L[k] < L[k+1] − x. Close to a midpoint m both differences are exact in
+    float32 (the levels are integers, and every |m| ≥ 4.5 exceeds half the gap it splits, so x
+    has no bits the differences lose), and far from it rounding cannot swap them: the test is
+    x < m, that is ⌊2x⌋ < 2m, one table look-up (tests/test_gguf_iquants.py checks it against
+    the binary search on ties, the floats either side of every midpoint and level, and NaN)."""
+    return _INDEX_BY_HALF_STEP[_half_steps(x)]
 
 
 def _fit(x: np.ndarray, w: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Σ w·q·x and Σ w·q² (left to right over the 32 values, float32, as C adds them) for the
     levels of inverse·x: [32, S] → [S]."""
-    q = _LEVELS[_best_index(inverse * x)]
+    q = _LEVEL_BY_HALF_STEP[_half_steps(inverse * x)]
     wq = w * q
     return kq.sequential_sum(wq * x), kq.sequential_sum(wq * q)
 
