@@ -9,7 +9,11 @@ type, in one run:
 - k-quants (Q2_K … Q6_K): qlearn on one and on two threads against llama.cpp's
   ``quantize_row_q*_K_ref`` compiled with ``gcc -O2`` (single-threaded), when
   ``scripts/make_gguf_golden.py --build-only`` has built ``build/ggml_ref/libggml_ref.so``
-  (the column is skipped, saying so, when it has not). gguf-py has no k-quant quantizer.
+  (the column is skipped, saying so, when it has not). gguf-py has no k-quant quantizer;
+- the importance paths (chapter 12): every type ``llama-quantize --imatrix`` hands an importance
+  matrix to (Q4_0 … Q6_K, IQ4_NL, IQ4_XS) with a fixed random importance vector, qlearn on one
+  thread against ggml's ``quantize_<type>(…, quant_weights)``, the functions llama-quantize
+  calls, with the bytes checked equal; IQ4_NL and IQ4_XS also without importance.
 
 Run with qlearn installed (`make bench`) or from the repository root as
 `PYTHONPATH=. python benchmarks/bench_gguf.py`.
@@ -77,6 +81,37 @@ def main() -> None:
         print(line)
     print("C/ql > 1: qlearn is faster than llama.cpp's single-threaded C reference "
           "(goal: >= 1); the bytes were checked equal")  # fmt: skip
+    if lib is not None:
+        _importance_paths(lib, x)
+
+
+def _importance_paths(lib: ctypes.CDLL, x: np.ndarray) -> None:
+    """qlearn's importance paths against ggml's quantize_<type> with quant_weights."""
+    importance = np.exp(np.random.default_rng(1).normal(0, 1, SHAPE[1])).astype(np.float32)
+    print(f"\n{'type':<18}{'qlearn 1t':>11}{'C 1t':>11}{'C/ql':>7}")
+    cases = [(q, importance) for q in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K",
+                                       "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]]  # fmt: skip
+    cases += [("IQ4_NL", None), ("IQ4_XS", None)]
+    for qtype, imatrix in cases:
+        name = qtype[:2].lower() + "_K" if qtype.endswith("_K") else qtype.lower()
+        fn = getattr(lib, f"quantize_{name}")
+        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_void_p]
+        fn.restype = ctypes.c_size_t
+        out = np.empty(gguf.tensor_bytes(SHAPE, qtype), dtype=np.uint8)
+        weights = None if imatrix is None else imatrix.ctypes.data
+
+        def run_c(f=fn, o=out, w=weights) -> None:
+            f(x.ctypes.data, o.ctypes.data, SHAPE[0], SHAPE[1], w)
+
+        run_c()
+        assert np.array_equal(out, gguf.quantize(x, qtype, imatrix=imatrix).ravel())
+        t_q = time_call(
+            lambda q=qtype, m=imatrix: gguf.quantize(x, q, imatrix=m, threads=1), repeat=3
+        )
+        t_c = time_call(run_c, repeat=3)
+        label = f"{qtype} {'+ imatrix' if imatrix is not None else 'plain'}"
+        print(f"{label:<18}{1e3 * t_q:>9.1f}ms{1e3 * t_c:>9.1f}ms{t_c / t_q:>7.2f}")
+    print("C/ql > 1: qlearn is faster than ggml's C (both one thread); the bytes are equal")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ would take, then choose one type per tensor to minimise Σ e_t subject to Σ b_t
 
 Types are the effective ones: a candidate a tensor's rows cannot hold is replaced by llama.cpp's
 fallback for it (:func:`qlearn.gguf.fallback_type`), so on this model a "Q4_K" for a row of 576
-is its Q5_0. Taught in chapter 12 (being written).
+is its Q5_0. Taught in notebooks/12_shared_scales.ipynb.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def tensor_errors(
     Each candidate in ``qtypes`` (GGUF type names) is replaced by its fallback where the rows do
     not fit, duplicates removed. With ``imatrix`` the quantizers use it too (as
     ``llama-quantize --imatrix``) and the error is weighted by it per input column. Taught in
-    chapter 12 (being written).
+    notebooks/12_shared_scales.ipynb.
     """
     from qlearn.models import get_weight, linear_layers
 
@@ -111,7 +111,7 @@ def allocate_types(
     ``options``: :func:`tensor_errors`' result; ``n_weights``: each tensor's number of weights.
     Lagrangian relaxation with the price bisected, then the leftover spent greedily (see the
     module's docstring). ``ValueError`` if even the smallest type of every tensor is above the
-    budget. Taught in chapter 12 (being written).
+    budget. Taught in notebooks/12_shared_scales.ipynb.
     """
     target_bpw = check_positive(target_bpw, "target_bpw")
     if set(options) != set(n_weights):
@@ -171,7 +171,7 @@ def layer_sensitivity(
     """``{layer name: mean KL divergence from the original}`` with only that layer quantized to
     ``qtype`` (its fallback where the rows do not fit), on the first ``max_tokens`` tokens of
     ``text`` in one window. ``layers`` limits the layers measured. The model is restored after
-    each layer. Taught in chapter 12 (being written).
+    each layer. Taught in notebooks/12_shared_scales.ipynb.
     """
     from qlearn import evaluate
     from qlearn.models import get_weight, linear_layers, set_weight_

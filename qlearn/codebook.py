@@ -20,7 +20,7 @@ centre decided as scikit-learn decides it (the smallest c² − 2·x·c, the fir
 on data full of exact ties, values on a grid, that is what keeps the two on the same path).
 :func:`codebook_quantize` cuts a weight into groups — the whole tensor, each output
 row, or runs of ``group_size`` along a row — and stores per group a code book of 2^bits float16
-centroids and one code per weight. Taught in chapter 12 (being written).
+centroids and one code per weight. Taught in notebooks/12_shared_scales.ipynb.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def kmeans_plusplus(
     probability ∝ w, each next one the best of 2 + ⌊ln k⌋ candidates drawn ∝ w · D² (D: the
     distance to the nearest centre so far, computed as −2·c·x + c² + x²), on the data as given
     (:func:`kmeans` centres it first, as scikit-learn does). One ``RandomState(seed)`` draws for
-    all rows, row after row within each step. Arthur and Vassilvitskii 2007. Taught in chapter
-    12 (being written).
+    all rows, row after row within each step. Arthur and Vassilvitskii 2007.
+    Taught in notebooks/12_shared_scales.ipynb.
     """
     x, w = _sets(values, weights, k)
     return torch.from_numpy(_plusplus(x.numpy(), w.numpy(), k, check_int(seed, "seed", minimum=0)))
@@ -90,7 +90,7 @@ def kmeans(
     ``init``: ``"k-means++"`` (:func:`kmeans_plusplus`, drawn from ``seed``) or the starting
     centroids, [groups, k] or [k]. Each row needs at least ``k`` distinct values of nonzero
     weight. Follows scikit-learn's ``KMeans(algorithm="lloyd", n_init=1)`` step for step (see the
-    module's docstring); Lloyd 1982. Taught in chapter 12 (being written).
+    module's docstring); Lloyd 1982. Taught in notebooks/12_shared_scales.ipynb.
     """
     x, w = _sets(values, weights, k)
     max_iter = check_int(max_iter, "max_iter", minimum=1)
@@ -118,7 +118,7 @@ def kmeans(
 class CodebookQuantized:
     """A weight as codes into per-group code books: ``codes`` (uint8, the weight's shape),
     ``codebooks`` (float16, [groups, 2^bits]), the ``granularity`` and ``group_size`` that cut
-    the weight into groups. Deep Compression §3. Taught in chapter 12 (being written)."""
+    the weight into groups. Deep Compression §3. Taught in notebooks/12_shared_scales.ipynb."""
 
     codes: torch.Tensor
     codebooks: torch.Tensor
@@ -159,7 +159,8 @@ def codebook_quantize(
     divide the row). ``importance`` weights each value's squared error: a tensor of the
     weight's shape, or of ``[in]`` (one weight per input column, as an importance matrix gives).
     The centroids are rounded to float16 after k-means and every weight takes the nearest of
-    them. Deep Compression §3; weighted as SqueezeLLM §3.1. Taught in chapter 12 (being written).
+    them. Deep Compression §3; weighted as SqueezeLLM §3.1.
+    Taught in notebooks/12_shared_scales.ipynb.
     """
     check_float_tensor(weight, "weight", ndim=2)
     bits = check_bits(bits, low=1, high=8)

@@ -27,7 +27,7 @@ FP32 scale for the whole tensor that brings the block scales into E4M3's range:
 Bits per weight, counted from what is stored: MXFP4 (4 + 8/32) = 4.25, MXFP6 6.25, MXFP8 and
 MXINT8 8.25; NVFP4 (4 + 8/16) = 4.5 plus 32 bits per tensor. llama.cpp stores both as GGUF types
 with its own rounding details (:mod:`qlearn.gguf.microscaling`). Element rounding is
-:func:`qlearn.floats.round_to_format`. Taught in chapter 12 (being written).
+:func:`qlearn.floats.round_to_format`. Taught in notebooks/12_shared_scales.ipynb.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class MXTensor:
     ``scale_codes`` (uint8, shape ``[..., n_blocks]``) hold 127 + shared_exp; ``codes`` (uint8,
     the input's shape) hold each element's bit pattern — a float code of ``element`` (sign bit
     first, as ``ml_dtypes`` stores it) or, for ``"int8"``, the two's-complement byte. OCP MX v1.0,
-    section 5. Taught in chapter 12 (being written).
+    section 5. Taught in notebooks/12_shared_scales.ipynb.
     """
 
     element: str
@@ -151,7 +151,7 @@ def mx_quantize(
     value that rounds to zero keeps its sign bit, ``-0.0`` itself is stored as +0; INT8 codes are
     clamped to ±127, the symmetric range (−128 is never produced). The spec's
     concrete formats use blocks of 32; any power of two from 2 to 1024 is accepted for
-    experiments. Rows must be a multiple of the block. Taught in chapter 12 (being written).
+    experiments. Rows must be a multiple of the block. Taught in notebooks/12_shared_scales.ipynb.
     """
     fmt = element_format(element)
     block_size = _check_block_size(block_size, x)
@@ -173,7 +173,7 @@ class NVFP4Tensor:
     """A tensor in NVFP4: E2M1 codes (uint8, 0–15, the input's shape), one E4M3 scale per block of
     16 along the last dimension (``block_scales``, ``torch.float8_e4m3fn``) and one float32
     ``tensor_scale``. NVIDIA's NVFP4 as TensorRT Model Optimizer stores it. Taught in
-    chapter 12 (being written).
+    notebooks/12_shared_scales.ipynb.
     """
 
     codes: torch.Tensor
@@ -211,7 +211,7 @@ def nvfp4_quantize(x: torch.Tensor) -> NVFP4Tensor:
     scale max|x_block| / (6 · s_tensor) (1 for an all-zero block), clamped to [2⁻⁹, 448] and cast
     to E4M3 (nearest, ties to even); elements x / (s_block · s_tensor) rounded to E2M1, nearest,
     ties to even, saturating at ±6, in float32 as Model Optimizer's ``NVFP4QTensor.quantize``
-    computes them (tests/test_mx.py checks its bytes). Taught in chapter 12 (being written).
+    computes them (tests/test_mx.py checks its bytes). Taught in notebooks/12_shared_scales.ipynb.
     """
     _check_block_size(NVFP4_BLOCK, x, name="x", fixed=True)
     xf = x.detach().float()

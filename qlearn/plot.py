@@ -153,8 +153,9 @@ def draw_block(
         return _draw_q4_k_sub_blocks(raw, title)
     per_row = 16 if fmt.type_size > 36 else fmt.type_size
     n_rows = -(-fmt.type_size // per_row)
-    colors = dict(zip(["d", "dmin", "m", "scales", "hmask", "qh", "qs", "ql"],
-                      plt.get_cmap("tab10").colors, strict=False))  # fmt: skip
+    fields = ["d", "dmin", "m", "scales", "hmask", "qh", "qs", "ql", "e", "scales_h", "scales_l"]
+    palette = plt.get_cmap("tab20").colors  # tab10's colours first, then their light shades
+    colors = dict(zip(fields, palette[::2] + palette[1::2], strict=False))
     fig, ax = plt.subplots(figsize=(0.32 * per_row + 2.2, 0.32 * n_rows + 0.9))
     position = 0
     for field, size in fmt.layout:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from _machine import machine
 
 from qlearn import awq, evaluate, gptq, models, nf4
 from qlearn.data import calibration_windows, load_text
@@ -112,19 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _processor() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` knows."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    return platform.processor() or platform.machine()
-
-
 def _write_json(args: argparse.Namespace, fixed: dict, calibrated: dict) -> None:
-    import transformers
-
     record = {
         "what": "perplexity on the first max_tokens tokens of Pride and Prejudice, per seed of "
         "the calibration windows of Emma (scripts/calibration_spread.py)",
@@ -137,12 +125,7 @@ def _write_json(args: argparse.Namespace, fixed: dict, calibrated: dict) -> None
             "max_tokens": args.max_tokens,
             "threads": args.threads,
         },
-        "machine": {
-            "processor": _processor(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-        },
+        "machine": machine(),
         "uncalibrated": fixed,
         "calibrated": calibrated,
     }

@@ -8,16 +8,24 @@ IQ4_NL and IQ4_XS (each tensor's effective type after llama.cpp's fallback); err
 first 2048 tokens of *Pride and Prejudice*, KL divergence from FP32 on its first 512.
 
     PYTHONPATH=. python scripts/target_bpw.py          # about 5 minutes on 2 cores, alone
+    PYTHONPATH=. python scripts/target_bpw.py --json data/target_bpw.json
+
+``--json`` also writes every tensor's options (error and bytes per effective type), the types
+chosen and the measured rows, with the machine: chapter 12 reads it.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import math
 import time
 from collections import Counter
+from pathlib import Path
 
 from _course_importance import model_text_and_importance
+from _machine import machine
 
 from qlearn import allocation, evaluate, gguf, models
 
@@ -27,6 +35,11 @@ CANDIDATES = ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q4_1", "Q
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="also write the options and results here")
+    args = parser.parse_args()
+    rows: list[dict] = []
+    allocations: dict[str, dict] = {}
     started = time.perf_counter()
     model, tokenizer, text, imatrix = model_text_and_importance()
     options = allocation.tensor_errors(model, CANDIDATES, imatrix=imatrix)
@@ -47,6 +60,8 @@ def main() -> None:
                                      window=KL_TOKENS)  # fmt: skip
         print(f"{label:<44}{bits:>7.3f}{ppl:>11.2f}{kld.mean:>9.4f}{kld.top1_agreement:>8.1%}",
               flush=True)  # fmt: skip
+        rows.append({"setting": label, "bits_per_weight": bits, "perplexity": ppl,
+                     "kld": kld.mean, "top1": kld.top1_agreement})  # fmt: skip
 
     print(f"{'setting':<44}{'bits':>7}{'perplexity':>11}{'KLD':>9}{'top-1':>8}")
     mix = gguf.quantize_tensors(model, "Q4_K_M", imatrix=imatrix)
@@ -71,9 +86,48 @@ def main() -> None:
         measure(f"allocated at {target:.3f}{label}", tensors)
         counts = Counter(chosen.types.values())
         print("    types:", ", ".join(f"{q} ×{n}" for q, n in counts.most_common()))
+        allocations[f"allocated at {target:.3f}{label}"] = {
+            "target_bpw": target, "without": list(aligned) if label else [],
+            "types": chosen.types, "error": chosen.error, "nbytes": chosen.nbytes,
+        }  # fmt: skip
     for recipe in ("Q4_K", "IQ4_XS"):
         measure(f"{recipe} + imatrix", gguf.quantize_tensors(model, recipe, imatrix=imatrix))
     print(f"({time.perf_counter() - started:.0f} s)")
+    if args.json:
+        _write_json(args.json, options, n_weights, rows, allocations, mix)
+
+
+def _write_json(
+    path: Path,
+    options: dict[str, list[allocation.TensorOption]],
+    n_weights: dict[str, int],
+    rows: list[dict],
+    allocations: dict[str, dict],
+    mix: dict[str, gguf.GGUFTensor],
+) -> None:
+    record = {
+        "what": "per decoder linear of the course's model, the importance-weighted squared error "
+        "and the bytes of every candidate GGUF type (after llama.cpp's fallback), the types "
+        "allocation.allocate_types chose, and perplexity (first 2048 tokens of Pride and "
+        "Prejudice) and KL divergence from FP32 (its first 512) of each recipe "
+        "(scripts/target_bpw.py)",
+        "settings": {
+            "candidates": CANDIDATES,
+            "tokens": TOKENS,
+            "kl_tokens": KL_TOKENS,
+            "imatrix": "gguf.importance_matrix on 32 windows of 512 tokens of Emma, seed 0",
+        },
+        "machine": machine(),
+        "n_weights": n_weights,
+        "options": {
+            name: [[o.qtype, o.error, o.nbytes] for o in opts] for name, opts in options.items()
+        },
+        "q4_k_m_types": {name: t.qtype for name, t in mix.items()},
+        "allocations": allocations,
+        "results": rows,
+    }
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":

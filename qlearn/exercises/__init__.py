@@ -40,6 +40,6 @@ __all__ = [  # the checks last, in course order
 
 
 def exercises_of(chapter: int) -> list[Exercise]:
-    """The exercises of one chapter (1–8, 10, 13), in the order the notebook poses them."""
+    """The exercises of one chapter (1–8, 10–13), in the order the notebook poses them."""
     chapter = check_int(chapter, "chapter")
     return [e for e in EXERCISES.values() if e.chapter == chapter]

@@ -68,6 +68,21 @@ def scalar(value: Any) -> Any:
     return value
 
 
+def as_bytes(got: Any) -> np.ndarray | str:
+    """uint8 numpy bytes from bytes, bytearray, a numpy array or a tensor of values 0–255."""
+    if isinstance(got, (bytes, bytearray)):
+        return np.frombuffer(bytes(got), dtype=np.uint8)
+    got = got.detach().numpy() if isinstance(got, torch.Tensor) else got
+    got = np.asarray(got) if isinstance(got, (list, tuple)) else got
+    if not isinstance(got, np.ndarray):
+        return f"expected bytes (a uint8 numpy array), got {show(got)}"
+    if got.dtype != np.uint8:
+        if got.dtype.kind not in "iu" or (got.size and (got.min() < 0 or got.max() > 255)):
+            return f"expected bytes (uint8, 0 to 255), got a {got.dtype} array"
+        got = got.astype(np.uint8)
+    return got.reshape(-1)
+
+
 def as_tensor(got: Any) -> torch.Tensor | str:
     """``got`` as a tensor (from a list or an array too), or what is wrong with it."""
     if isinstance(got, torch.Tensor):

@@ -10,7 +10,7 @@ import torch
 
 from qlearn import gguf
 from qlearn.exercises import _course
-from qlearn.exercises._compare import as_tensor, show, show_bytes
+from qlearn.exercises._compare import as_bytes, as_tensor, show, show_bytes
 from qlearn.exercises._runner import Case, Draw, Spec
 
 
@@ -52,24 +52,9 @@ def _constant_blocks(draw: Draw) -> list[Case]:
     return [*(Case((x,)) for x in blocks), positive, constant]
 
 
-def _as_bytes(got: Any) -> np.ndarray | str:
-    """uint8 numpy bytes from bytes, bytearray, a numpy array or a tensor of values 0–255."""
-    if isinstance(got, (bytes, bytearray)):
-        return np.frombuffer(bytes(got), dtype=np.uint8)
-    got = got.detach().numpy() if isinstance(got, torch.Tensor) else got
-    got = np.asarray(got) if isinstance(got, (list, tuple)) else got
-    if not isinstance(got, np.ndarray):
-        return f"expected bytes (a uint8 numpy array), got {show(got)}"
-    if got.dtype != np.uint8:
-        if got.dtype.kind not in "iu" or (got.size and (got.min() < 0 or got.max() > 255)):
-            return f"expected bytes (uint8, 0 to 255), got a {got.dtype} array"
-        got = got.astype(np.uint8)
-    return got.reshape(-1)
-
-
 def _compare_bytes(got: Any, expected: np.ndarray, case: Case, *, qtype: str) -> str | None:
     """The bytes of one block of ``qtype``: equal, or which field of the block differs first."""
-    data, expected = _as_bytes(got), expected.reshape(-1)
+    data, expected = as_bytes(got), expected.reshape(-1)
     if isinstance(data, str):
         return data
     if data.size != expected.size:
@@ -102,7 +87,7 @@ def _neighbours(got: Any, expected: np.ndarray, case: Case) -> bool:
     start = expected.size - 16  # the codes packed as neighbours (2j, 2j + 1) in one byte
     codes = np.concatenate([expected[start:] & 15, expected[start:] >> 4])
     return np.array_equal(
-        _as_bytes(got)[start:], (codes[0::2] | (codes[1::2] << 4)).astype(np.uint8)
+        as_bytes(got)[start:], (codes[0::2] | (codes[1::2] << 4)).astype(np.uint8)
     )
 
 

@@ -14,7 +14,7 @@ here), q, k and v each recording their own (equal) inputs. What it does not: lla
 replaces the first token of each chunk by BOS, skips multiplications of fewer than 16 rows,
 accumulates in float32 (qlearn in float64) and writes a GGUF file of its own (``sums`` and
 ``counts``); here the windows are used as given and the result stays in memory, keyed by the
-names of :func:`qlearn.models.linear_layers`. Taught in chapter 12 (being written).
+names of :func:`qlearn.models.linear_layers`. Taught in notebooks/12_shared_scales.ipynb.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def importance_matrix(
     windows of ``seqlen`` tokens, ``qlearn.data.calibration_windows(..., seed=seed)``) or
     token windows. The result goes to ``gguf.quantize(..., imatrix=result[name])`` or
     ``gguf.quantize_model(model, recipe, imatrix=result)``. llama.cpp's ``llama-imatrix``
-    (see the module's docstring for what is and is not reproduced). Taught in chapter 12 (being
-    written).
+    (see the module's docstring for what is and is not reproduced).
+    Taught in notebooks/12_shared_scales.ipynb.
     """
     from qlearn.models import linear_layers
 

@@ -22,7 +22,7 @@ same for every block; what is searched is the block's scale d, to minimise Σ w�
 IQ4_NL stores d in fp16 and 16 bytes of codes (4.5 bits per weight). IQ4_XS stores the eight
 blocks' scales as 6-bit integers l ∈ [−32, 31] under one fp16 d = −max_scale / 32 (8 + 2 bytes
 per 256 weights of scales, 4.25 bits per weight) and rounds each block again to the quantized
-scale. Dequantization equals gguf-py's. Taught in chapter 12 (being written).
+scale. Dequantization equals gguf-py's. Taught in notebooks/12_shared_scales.ipynb.
 """
 
 from __future__ import annotations

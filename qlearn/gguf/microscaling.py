@@ -25,7 +25,7 @@ golden bytes from the C source):
   per tensor for that).
 
 Dequantization equals gguf-py's ``gguf/quants.py`` (``MXFP4``, ``NVFP4``). Taught in
-chapter 12 (being written).
+notebooks/12_shared_scales.ipynb.
 """
 
 from __future__ import annotations
